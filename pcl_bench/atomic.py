@@ -1,0 +1,40 @@
+"""Atomic file writes: write a temporary file in the target's folder, then rename it over the target.
+
+A crash (or kill) mid-write leaves the previous file intact, never a truncated one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _replace_with(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    _replace_with(Path(path), lambda f: torch.save(obj, f))
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
+    _replace_with(Path(path), lambda f: f.write(text.encode()))
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    write_text(json.dumps(obj, indent=2, default=str) + "\n", path)

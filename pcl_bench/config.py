@@ -1,0 +1,194 @@
+"""Pretraining configuration: one dataclass, method presets, dataset-scale presets, and up-front checks.
+
+A run's configuration is resolved in three layers, later ones winning:
+
+1. :class:`PretrainConfig` defaults, which are the PCL paper's ImageNet recipe (ResNet-50, 200 epochs,
+   batch 256, lr 0.03, SGD 0.9 / 1e-4, r = 16384, K = 25000/50000/100000, 20 warm-up epochs);
+2. ``METHOD_PRESETS[method]``: the reference recipe of each method (MoCo v1 / v2 and PCL v1 / v2 READMEs);
+3. ``SCALE_PRESETS[dataset]``: documented small-scale settings for ``shapes`` and CIFAR (see each entry);
+4. command-line flags.
+
+Each field's ``help`` is the ``pcl-bench pretrain --help`` text of its flag.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+
+def _f(default: Any, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class PretrainConfig:
+    # what to train
+    method: str = _f("pcl_v2", "pretraining method")
+    dataset: str = _f("shapes", "dataset name; 'shapes' is generated locally and needs no --data-root")
+    data_root: str | None = _f(None, "dataset root folder (its expected layout is printed if it is wrong)")
+    train_split: str = _f("train", "split used for pretraining and for clustering")
+    test_split: str | None = _f(None, "labelled split for the final kNN check (default: test, or val for imagenet)")
+    subset_per_class: int | None = _f(None, "pretrain on a seeded class-balanced subset of this many images per class")
+    download: bool = _f(False, "download cifar10/cifar100/stl10 into --data-root if missing (needs internet)")
+    # encoder
+    arch: str = _f("resnet50", "backbone: resnet18, resnet34 or resnet50")
+    stem: str = _f("imagenet", "'imagenet' (7x7/2 conv + max-pool) or 'small' (3x3/1 conv, no pool, for 32 px)")
+    head: str = _f("linear", "projection head: 'linear' (v1) or 'mlp' (v2)")
+    dim: int = _f(128, "embedding dimension")
+    image_size: int | None = _f(None, "training crop size (default: the dataset's native size, 224 for ImageNet)")
+    bn_splits: int = _f(0, "SplitBatchNorm sub-batches emulating multi-GPU BN in one process "
+                           "(0: 8 in a single process, off under torchrun)")
+    aug: str = _f("v1", "augmentation: 'v1' (MoCo v1/InstDisc) or 'v2' (aug+, with Gaussian blur)")
+    # optimisation
+    epochs: int = _f(200, "number of epochs")
+    batch_size: int = _f(256, "global batch size, summed over all processes")
+    lr: float = _f(0.03, "base learning rate (SGD)")
+    sgd_momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(1e-4, "weight decay")
+    cos: bool = _f(False, "cosine learning-rate schedule (per epoch, no warm-up); otherwise steps at --schedule")
+    schedule: list[int] = _f((120, 160), "epochs at which the step schedule multiplies the lr by 0.1", list=True)
+    # contrast
+    temperature: float = _f(0.2, "InfoNCE / NT-Xent temperature tau; also the mean of the concentration phi")
+    moco_m: float = _f(0.999, "momentum of the key encoder")
+    queue: int = _f(16384, "negatives: queue length (moco, pcl: r) or memory-bank negatives per step (instdisc)")
+    bank_momentum: float = _f(0.5, "instdisc: momentum of memory-bank updates")
+    # PCL E-step and ProtoNCE
+    num_cluster: list[int] = _f((25000, 50000, 100000), "pcl: number of prototypes K of each clustering", list=True)
+    warmup_epochs: int = _f(20, "pcl: epochs trained with InfoNCE only, before the first E-step")
+    proto_negatives: int | None = _f(None, "pcl: negative prototypes r sampled per clustering (default: --queue, "
+                                           "as in the reference, where one r sets both)")
+    concentration: str = _f("estimated", "pcl: 'estimated' phi per prototype, or 'fixed' phi = tau (ablation)")
+    concentration_alpha: float = _f(10.0, "pcl: alpha in phi = mean distance / log(Z + alpha)")
+    kmeans_iters: int = _f(20, "pcl: Lloyd iterations of each k-means")
+    kmeans_restarts: int = _f(5, "pcl: k-means restarts; the lowest objective is kept")
+    # run
+    out: str = _f("runs", "parent folder of run folders")
+    name: str | None = _f(None, "run folder name (default: <method>_<dataset>)")
+    resume: bool = _f(False, "continue the run in the run folder from its last.pt")
+    overwrite: bool = _f(False, "delete an existing run folder of the same name first")
+    save_every: int = _f(5, "also keep checkpoint_<epoch>.pt every this many epochs (last.pt is written every epoch)")
+    log_every: int = _f(10, "log step metrics every this many steps")
+    workers: int = _f(4, "data-loading processes per training process")
+    seed: int = _f(0, "random seed; every epoch's randomness derives from (seed, epoch, rank)")
+    device: str = _f("auto", "'auto' (cuda if available), 'cuda' or 'cpu'")
+    amp: bool = _f(True, "bfloat16 autocast on GPU (ignored on CPU)")
+    knn_k: int = _f(20, "final check: number of neighbours of the weighted kNN")
+    knn_t: float = _f(0.07, "final check: kNN temperature, weights exp(sim / t)")
+    final_knn: bool = _f(True, "after training, print kNN accuracy of the backbone next to a random encoder's")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / (self.name or f"{self.method}_{self.dataset}")
+
+    @property
+    def num_negative_prototypes(self) -> int:
+        return self.proto_negatives if self.proto_negatives is not None else self.queue
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+# Reference recipes at ImageNet scale (pcl_reference.md §1.1, §8).
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "moco": dict(head="linear", temperature=0.07, aug="v1", cos=False, queue=65536),
+    "moco_v2": dict(head="mlp", temperature=0.2, aug="v2", cos=True, queue=65536),
+    "pcl": dict(head="linear", temperature=0.2, aug="v1", cos=False, queue=16384),
+    "pcl_v2": dict(head="mlp", temperature=0.2, aug="v2", cos=True, queue=16384),
+    "instdisc": dict(head="linear", temperature=0.07, aug="v1", cos=False, queue=4096),
+    "simclr": dict(head="mlp", temperature=0.1, aug="v2", cos=True),
+}
+
+# Small-scale settings. 'shapes' is sized to finish in under 10 minutes on 2 CPU cores: ResNet-18 at 64 px
+# with the ImageNet stem, batch 128 with 4 SplitBN sub-batches, a 4096-key queue with m = 0.99 (the MoCo
+# CIFAR demo's choices), over-clustering into 250/500/1000 prototypes of 5000 images with r = 96 negative
+# prototypes (r <= K_min - batch), and 2 warm-up epochs. CIFAR uses the small stem at 32 px and follows the
+# MoCo CIFAR-10 demo (batch 512, lr 0.06, wd 5e-4, K = 4096, m = 0.99, tau 0.1 for v1 heads) with PCL's
+# over-clustering of salesforce/PCL#7 (r = 512, K = 1000/2000/4000).
+_SHAPES = dict(arch="resnet18", stem="imagenet", epochs=8, batch_size=128, lr=0.06, weight_decay=5e-4,
+               moco_m=0.99, queue=4096, num_cluster=(250, 500, 1000), proto_negatives=96, warmup_epochs=2,
+               schedule=(5, 7), bn_splits=4, workers=2)
+_CIFAR = dict(arch="resnet18", stem="small", epochs=200, batch_size=512, lr=0.06, weight_decay=5e-4,
+              moco_m=0.99, queue=4096, num_cluster=(1000, 2000, 4000), proto_negatives=512, warmup_epochs=20,
+              schedule=(120, 160))
+SCALE_PRESETS: dict[str, dict[str, Any]] = {
+    "shapes": _SHAPES,
+    "cifar10": _CIFAR,
+    "cifar100": _CIFAR,
+}
+SCALE_METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
+    "simclr": dict(temperature=0.5),  # small batches need a softer NT-Xent temperature
+    "instdisc": dict(queue=4096),
+}
+DEFAULT_TEST_SPLIT = {"imagenet": "val", "stl10": "test"}
+
+
+def resolve(overrides: dict[str, Any]) -> PretrainConfig:
+    """Build a config from defaults, the method and dataset presets, then ``overrides`` (non-None values)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    method = overrides.get("method", PretrainConfig.method)
+    dataset = overrides.get("dataset", PretrainConfig.dataset)
+    values: dict[str, Any] = dict(METHOD_PRESETS.get(method, {}))
+    if dataset in SCALE_PRESETS:
+        values.update(SCALE_PRESETS[dataset])
+        values.update(SCALE_METHOD_OVERRIDES.get(method, {}))
+    values.update(overrides)
+    names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    unknown = set(values) - names
+    if unknown:
+        raise UsageError(f"unknown config keys {sorted(unknown)}")
+    cfg = PretrainConfig(**values)
+    cfg.num_cluster, cfg.schedule = list(cfg.num_cluster), list(cfg.schedule)
+    if cfg.test_split is None:
+        cfg.test_split = DEFAULT_TEST_SPLIT.get(dataset, "test")
+    return cfg
+
+
+def set_world(cfg: PretrainConfig, world_size: int) -> None:
+    """Fill in what depends on the number of processes: ``bn_splits`` 0 means 8 alone, off under torchrun."""
+    if cfg.bn_splits == 0:
+        cfg.bn_splits = 8 if world_size == 1 else 1
+
+
+def validate(cfg: PretrainConfig, num_samples: int, world_size: int) -> None:
+    """Check the constraints that would otherwise fail hours into a run; raise UsageError naming the fix."""
+    from .concentration import CONCENTRATIONS
+    from .data.augment import AUGMENTATIONS
+    from .methods import METHODS
+    from .methods.momentum import MomentumContrast
+    from .methods.pcl import PCL
+    from .models import ARCHS, HEADS, STEMS
+
+    choices = {"method": METHODS, "arch": ARCHS, "stem": STEMS, "head": HEADS, "aug": AUGMENTATIONS,
+               "concentration": CONCENTRATIONS}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise UsageError(f"unknown --{key} {getattr(cfg, key)!r}; choose one of {', '.join(sorted(allowed))}")
+    if cfg.batch_size % world_size:
+        raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes")
+    local_b = cfg.batch_size // world_size
+    if cfg.batch_size > num_samples:
+        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the {num_samples} training images")
+    method = METHODS[cfg.method]
+    if issubclass(method, MomentumContrast) and cfg.queue % cfg.batch_size:
+        raise UsageError(f"--queue {cfg.queue} is not a multiple of the global batch {cfg.batch_size}; "
+                         f"use e.g. --queue {cfg.batch_size * max(1, cfg.queue // cfg.batch_size)}")
+    if issubclass(method, PCL):
+        if not cfg.num_cluster:
+            raise UsageError("--num-cluster is empty; give at least one K, e.g. --num-cluster 250,500,1000")
+        if max(cfg.num_cluster) > num_samples:
+            raise UsageError(f"--num-cluster {max(cfg.num_cluster)} is larger than the {num_samples} training "
+                             f"images; use at most {num_samples} prototypes")
+        r, k_min = cfg.num_negative_prototypes, min(cfg.num_cluster)
+        if r > k_min - local_b:
+            raise UsageError(f"{r} negative prototypes cannot be drawn from the {k_min} - {local_b} clusters that a "
+                             f"batch of {local_b} may leave free; use --proto-negatives <= {k_min - local_b} or "
+                             f"a larger smallest --num-cluster")
+    if local_b % max(cfg.bn_splits, 1):
+        raise UsageError(f"the per-process batch {local_b} is not divisible by --bn-splits {cfg.bn_splits}")
+    if cfg.subset_per_class is not None and cfg.subset_per_class < 1:
+        raise UsageError("--subset-per-class must be positive")

@@ -1,0 +1,81 @@
+"""Datasets by name: ``build_dataset(name, root, split, transform, download)``.
+
+Every dataset returns ``(transform(img), target, index)`` items and has ``targets``, ``classes`` and
+``image_size`` (see ``pcl_bench.data.datasets``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from torch.utils.data import Dataset
+
+from pcl_bench.data.datasets import (
+    CIFAR10,
+    CIFAR100,
+    STL10,
+    ImageFolderInstance,
+    ImageNet,
+    InstanceSubset,
+    Transform,
+    balanced_subset,
+)
+from pcl_bench.errors import UsageError
+
+
+def _shapes(root: str | None, split: str, transform: Transform = None) -> Dataset:
+    # Imported here so the other datasets do not depend on the synthetic generator's module.
+    from pcl_bench.data.shapes import ShapesDataset
+
+    return ShapesDataset(root, split, transform)
+
+
+DATASETS: dict[str, Callable[[str | None, str, Transform], Dataset]] = {
+    "shapes": _shapes,
+    "imagefolder": ImageFolderInstance,
+    "imagenet": ImageNet,
+    "cifar10": CIFAR10,
+    "cifar100": CIFAR100,
+    "stl10": STL10,
+}
+
+
+def build_dataset(
+    name: str, root: str | os.PathLike | None, split: str, transform: Transform = None, download: bool = False
+) -> Dataset:
+    """The dataset ``name`` read from ``root``.
+
+    ``shapes`` is generated (``root`` None: its default cache; ``download`` does not apply). The others need
+    ``root``; ``download=True`` fetches cifar10, cifar100 and stl10 into ``root`` if absent.
+    """
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    if name == "shapes":
+        return _shapes(root, split, transform)
+    if root is None:
+        raise UsageError(f"--data-root is required for {name}")
+    root = os.path.expanduser(os.fspath(root))
+    factory = DATASETS[name]
+    if download:
+        if not hasattr(factory, "download"):
+            downloadable = ", ".join(n for n, f in DATASETS.items() if hasattr(f, "download"))
+            raise UsageError(
+                f"--download works for {downloadable} only: obtain {name} manually (ImageNet must be requested "
+                f"under its licence at https://image-net.org) and arrange it as {factory.layout}"
+            )
+        factory.download(root)
+    return factory(root, split, transform)
+
+
+__all__ = [
+    "CIFAR10",
+    "CIFAR100",
+    "DATASETS",
+    "STL10",
+    "ImageFolderInstance",
+    "ImageNet",
+    "InstanceSubset",
+    "balanced_subset",
+    "build_dataset",
+]

@@ -1,0 +1,59 @@
+"""What every pretraining method provides, and the registry that maps ``--method`` names to classes."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..config import PretrainConfig
+    from ..e_step import ClusterResult
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(*names: str):
+    """Class decorator: make the method available as ``--method <name>`` for each name."""
+    def wrap(cls):
+        for name in names:
+            METHODS[name] = cls
+        return cls
+    return wrap
+
+
+def build_method(cfg: PretrainConfig, num_samples: int) -> Method:
+    if cfg.method not in METHODS:
+        raise UsageError(f"unknown --method {cfg.method!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[cfg.method].from_config(cfg, num_samples)
+
+
+class Method(nn.Module):
+    """A pretraining method: ``forward(views, index, clusters)`` returns a dict with ``loss`` and metrics.
+
+    ``views`` is a list of ``num_views`` image batches (B, 3, H, W); ``index`` (B,) the dataset indices.
+    ``encoder_q`` is the network whose backbone is evaluated; ``clustering_encoder`` the one whose
+    embeddings the E-step clusters (``None`` when the method does not cluster).
+    """
+
+    num_views: int = 2
+    encoder_q: nn.Module
+
+    @classmethod
+    def from_config(cls, cfg: PretrainConfig, num_samples: int) -> Method:
+        raise NotImplementedError
+
+    @property
+    def clustering_encoder(self) -> nn.Module | None:
+        return None
+
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor,
+                clusters: ClusterResult | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy in percent, a 0-d tensor (no host sync)."""
+    return (logits.argmax(dim=1) == labels).float().mean() * 100

@@ -1,0 +1,64 @@
+"""Metrics of a run, written as they happen: ``metrics.jsonl`` (every record), ``epochs.csv`` (one row per
+epoch) and TensorBoard scalars under ``tb/``."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_text
+
+
+class MetricLogger:
+    """Append-only logger for one run folder. Only the main process should create one.
+
+    ``log(kind, **values)`` appends ``{"kind": kind, **values}`` to metrics.jsonl; numeric values also go to
+    TensorBoard as ``<kind>/<key>`` at x = ``values["step"]`` (or ``values["epoch"]``). ``kind == "epoch"``
+    rows also go to epochs.csv.
+    """
+
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.dir = Path(run_dir)
+        self.jsonl = self.dir / "metrics.jsonl"
+        self.csv = self.dir / "epochs.csv"
+        self.tb = SummaryWriter(str(self.dir / "tb"))
+
+    def truncate_from(self, epoch: int) -> None:
+        """Drop records of ``epoch`` and later (after a resume, the interrupted epoch is trained again)."""
+        if self.jsonl.exists():
+            keep = [line for line in self.jsonl.read_text().splitlines()
+                    if json.loads(line).get("epoch", -1) < epoch]
+            write_text("".join(line + "\n" for line in keep), self.jsonl)
+        if self.csv.exists():
+            rows = list(csv.DictReader(self.csv.open()))
+            self._write_csv([r for r in rows if int(r["epoch"]) < epoch])
+
+    def log(self, kind: str, **values: Any) -> None:
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps({"kind": kind, **values}, default=float) + "\n")
+        x = values.get("step", values.get("epoch", 0))
+        for key, v in values.items():
+            if isinstance(v, (int, float)) and key not in ("step", "epoch"):
+                self.tb.add_scalar(f"{kind}/{key}", v, x)
+        if kind == "epoch":
+            rows = list(csv.DictReader(self.csv.open())) if self.csv.exists() else []
+            self._write_csv(rows + [values])
+        self.tb.flush()
+
+    def _write_csv(self, rows: list[dict]) -> None:
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        lines = []
+        if rows:
+            import io
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+            lines.append(buf.getvalue())
+        write_text("".join(lines), self.csv)
+
+    def close(self) -> None:
+        self.tb.close()

@@ -1,0 +1,309 @@
+"""The pretraining engine: one loop for every method, with PCL's E-step before each post-warm-up epoch.
+
+A run folder ``<out>/<name>/`` holds ``config.json``, ``last.pt`` (every epoch) and ``checkpoint_<epoch>.pt``
+(every ``save_every`` epochs), ``metrics.jsonl`` / ``epochs.csv`` / ``tb/``, ``clusters.jsonl`` (per-epoch
+clustering statistics), ``clusters.pt`` (the latest clustering) and ``knn.json`` (the final check).
+
+Reproducibility: every epoch reseeds Python, NumPy and torch from (seed, epoch, rank), and the training
+sampler shuffles from (seed, epoch). A run resumed from ``last.pt`` therefore continues exactly as the
+uninterrupted run would have (model, key encoder, queue, optimizer, augmentations, clusters).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from . import distributed as D
+from .atomic import save_torch, write_json
+from .cluster_stats import cluster_statistics
+from .config import PretrainConfig, resolve, set_world, validate
+from .data import InstanceSubset, balanced_subset, build_dataset
+from .data.augment import TwoCropsTransform, eval_transform, pretrain_transform
+from .e_step import ClusterResult, e_step, faiss_gpu_available
+from .errors import UsageError
+from .features import extract_features
+from .knn import knn_accuracy
+from .methods import METHODS, Method, build_method
+from .metrics_log import MetricLogger
+from .models import backbone_features, encoder_from_config
+from .provenance import provenance
+
+# Flags that may change when a run is resumed; any other flag must match the run's saved config.
+RESUMABLE = {"epochs", "workers", "device", "log_every", "save_every", "final_knn", "resume", "amp"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the run stopped and its last good checkpoint is kept."""
+
+
+def config_for_run(overrides: dict[str, Any]) -> PretrainConfig:
+    """The run's config: presets + ``overrides``, or, with ``resume``, the saved config + allowed overrides."""
+    cfg = resolve(overrides)
+    if not cfg.resume:
+        return cfg
+    saved_path = cfg.run_dir / "config.json"
+    if not (cfg.run_dir / "last.pt").exists() or not saved_path.exists():
+        raise UsageError(f"--resume: no checkpoint in {cfg.run_dir} (expected last.pt and config.json); "
+                         f"start the run without --resume")
+    saved = json.loads(saved_path.read_text())
+    saved.pop("provenance", None)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    clash = {k: (saved[k], v) for k, v in given.items() if k not in RESUMABLE and k in saved
+             and _as_json(v) != saved[k]}
+    if clash:
+        key, (old, new) = next(iter(clash.items()))
+        raise UsageError(f"--resume: --{key.replace('_', '-')} {new} differs from the run's {old}; "
+                         f"only {', '.join(sorted(RESUMABLE))} may change on resume")
+    saved.update({k: v for k, v in given.items() if k in RESUMABLE})
+    return PretrainConfig(**saved)
+
+
+def _as_json(v: Any) -> Any:
+    return json.loads(json.dumps(list(v) if isinstance(v, tuple) else v))
+
+
+def prepare_run_dir(cfg: PretrainConfig) -> None:
+    run_dir = cfg.run_dir
+    if cfg.resume or not run_dir.exists() or not any(run_dir.iterdir()):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return
+    if not cfg.overwrite:
+        raise UsageError(f"run folder {run_dir} already holds a run; pass --resume to continue it, "
+                         f"--overwrite to replace it, or --name to start another")
+    shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu")
+    if name not in ("cuda", "cpu"):
+        raise UsageError(f"unknown --device {name!r}; choose auto, cuda or cpu")
+    return torch.device(name)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed Python, NumPy and torch from (seed, epoch, rank); DataLoader workers derive their seeds from it."""
+    s = (seed * 1_000_003 + epoch * 1009 + rank) % 2**32
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def adjust_learning_rate(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, epoch: int) -> float:
+    """Per-epoch schedule of the reference: cosine without warm-up, or x0.1 at each milestone passed."""
+    if cfg.cos:
+        lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    else:
+        lr = cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.schedule)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def with_transform(ds: Dataset, transform) -> Dataset:
+    """A shallow copy of ``ds`` (sharing its arrays and file lists) with another transform."""
+    if isinstance(ds, InstanceSubset):
+        return InstanceSubset(with_transform(ds.dataset, transform), ds.indices)
+    ds = copy.copy(ds)
+    ds.transform = transform
+    return ds
+
+
+def load_dataset(cfg: PretrainConfig, split: str) -> Dataset:
+    ds = build_dataset(cfg.dataset, cfg.data_root, split, None, download=cfg.download)
+    if cfg.subset_per_class and split == cfg.train_split:
+        ds = balanced_subset(ds, cfg.subset_per_class, cfg.seed)
+    return ds
+
+
+def image_size(cfg: PretrainConfig, ds: Dataset) -> int:
+    return cfg.image_size or ds.image_size
+
+
+def make_loaders(cfg: PretrainConfig, train_set: Dataset, cluster_set: Dataset, device: torch.device):
+    local_b = cfg.batch_size // D.world_size()
+    sampler = DistributedSampler(train_set, D.world_size(), D.rank(), shuffle=True, seed=cfg.seed, drop_last=True)
+    common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
+    train_loader = DataLoader(train_set, local_b, sampler=sampler, drop_last=True, **common)
+    cluster_loader = DataLoader(cluster_set, local_b * 5, sampler=D.ShardSampler(len(cluster_set), D.rank(),
+                                                                                  D.world_size()), **common)
+    return train_loader, cluster_loader, sampler
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers decode and augment; the main process owns the cores for compute
+
+
+def save_checkpoint(cfg: PretrainConfig, model: Method, optimizer, epoch: int) -> None:
+    state = {"epoch": epoch + 1, "method": cfg.method, "arch": cfg.arch, "config": json.loads(cfg.to_json()),
+             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), **provenance()}
+    save_torch(state, cfg.run_dir / "last.pt")
+    if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
+        shutil.copyfile(cfg.run_dir / "last.pt", cfg.run_dir / f"checkpoint_{epoch:04d}.pt")
+
+
+def load_checkpoint(cfg: PretrainConfig, model: Method, optimizer) -> int:
+    ckpt = torch.load(cfg.run_dir / "last.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return ckpt["epoch"]
+
+
+def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResult | None, epoch: int,
+                    cfg: PretrainConfig, logger: MetricLogger | None, device: torch.device) -> dict[str, float]:
+    """One pass over ``loader``; returns the epoch means of every metric the method reports."""
+    model.train()
+    sums: dict[str, float] = defaultdict(float)
+    steps = len(loader)
+    amp = cfg.amp and device.type == "cuda"
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not D.is_main(), mininterval=2,
+               file=sys.stderr, leave=False)
+    for step, (views, _, index) in enumerate(bar):
+        views = [v.to(device, non_blocking=True) for v in (views if isinstance(views, list) else [views])]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(views, index.to(device, non_blocking=True), clusters)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        values = {k: D.all_reduce_mean(v.detach().float()).item() for k, v in out.items()}
+        if not math.isfinite(values["loss"]):
+            raise TrainingDiverged(
+                f"loss became {values['loss']} at epoch {epoch + 1}, step {step + 1}; the run stopped and "
+                f"{cfg.run_dir / 'last.pt'} keeps the last good state (epoch {epoch}); lower --lr and --resume")
+        for k, v in values.items():
+            sums[k] += v
+        if D.is_main():
+            bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+            if logger and step % cfg.log_every == 0:
+                logger.log("step", step=epoch * steps + step, epoch=epoch,
+                           lr=optimizer.param_groups[0]["lr"], **values)
+    return {k: v / steps for k, v in sums.items()}
+
+
+def cluster_epoch(model: Method, cluster_loader, n: int, cfg: PretrainConfig, device, labels) -> tuple:
+    """The E-step, with its statistics; returns (clusters, timings, statistics or None off rank 0)."""
+    clusters, _, timing = e_step(
+        model.clustering_encoder, cluster_loader, n, cfg.num_cluster, cfg.temperature, device,
+        alpha=cfg.concentration_alpha, niter=cfg.kmeans_iters, nredo=cfg.kmeans_restarts,
+        fixed_concentration=cfg.concentration == "fixed", use_gpu=device.type == "cuda" and faiss_gpu_available())
+    stats = cluster_statistics(clusters, labels) if D.is_main() else None
+    return clusters, timing, stats
+
+
+def dataset_labels(ds: Dataset) -> dict[str, np.ndarray]:
+    labels = {"fine": np.asarray(ds.targets)}
+    if getattr(ds, "coarse_targets", None) is not None:
+        labels["coarse"] = np.asarray(ds.coarse_targets)
+    return labels
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Train ``cfg.method`` and return the final summary (epochs, seconds, kNN accuracies)."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(D.local_rank())
+    D.init(device.type)
+    set_world(cfg, D.world_size())
+    if cfg.method not in METHODS:
+        raise UsageError(f"unknown --method {cfg.method!r}; choose one of {', '.join(sorted(METHODS))}")
+    base = load_dataset(cfg, cfg.train_split)
+    validate(cfg, len(base), D.world_size())
+    if D.is_main():
+        prepare_run_dir(cfg)
+    D.barrier()
+    size = image_size(cfg, base)
+    method_cls = METHODS[cfg.method]
+    aug = pretrain_transform(cfg.aug, size)
+    train_set = with_transform(base, TwoCropsTransform(aug) if method_cls.num_views == 2 else aug)
+    cluster_set = with_transform(base, eval_transform(size))
+
+    seed_epoch(cfg.seed, 0, 0)  # identical initial weights and queue on every rank
+    model = build_method(cfg, len(base)).to(device)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    start_epoch = load_checkpoint(cfg, model, optimizer) if cfg.resume else 0
+    ddp = DistributedDataParallel(model, device_ids=[D.local_rank()] if device.type == "cuda" else None) \
+        if D.is_dist() else model
+    train_loader, cluster_loader, sampler = make_loaders(cfg, train_set, cluster_set, device)
+
+    logger = MetricLogger(cfg.run_dir) if D.is_main() else None
+    if logger:
+        write_json({**json.loads(cfg.to_json()), "provenance": provenance()}, cfg.run_dir / "config.json")
+        logger.truncate_from(start_epoch)
+    labels = dataset_labels(base)
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        seed_epoch(cfg.seed, epoch, D.rank())
+        t0 = time.perf_counter()
+        clusters, timing = None, {}
+        if model.clustering_encoder is not None and epoch >= cfg.warmup_epochs:
+            clusters, timing, stats = cluster_epoch(model, cluster_loader, len(base), cfg, device, labels)
+            if logger:
+                logger.log("cluster", epoch=epoch, **timing, granularities=stats)
+                save_torch({"epoch": epoch, **clusters.to("cpu").state_dict()}, cfg.run_dir / "clusters.pt")
+        lr = adjust_learning_rate(optimizer, cfg, epoch)
+        sampler.set_epoch(epoch)
+        t1 = time.perf_counter()
+        means = train_one_epoch(ddp, train_loader, optimizer, clusters, epoch, cfg, logger, device)
+        t2 = time.perf_counter()
+        if D.is_main():
+            save_checkpoint(cfg, model, optimizer, epoch)
+            images = len(train_loader) * cfg.batch_size
+            row = {"epoch": epoch, "lr": lr, **means, "epoch_s": t2 - t0, "train_s": t2 - t1,
+                   "estep_s": t1 - t0, "images_per_s": images / (t2 - t1), **timing}
+            logger.log("epoch", **row)
+            print(_epoch_line(row, cfg.epochs), flush=True)
+    summary = {"run_dir": str(cfg.run_dir), "epochs": cfg.epochs, "train_time_s": time.perf_counter() - t_start}
+    if D.is_main() and cfg.final_knn:
+        summary.update(final_knn(cfg, model, device))
+        write_json(summary, cfg.run_dir / "knn.json")
+    if logger:
+        logger.close()
+    return summary
+
+
+def _epoch_line(row: dict[str, float], epochs: int) -> str:
+    keys = [k for k in ("loss", "acc_inst", "acc_proto") if k in row]
+    vals = "  ".join(f"{k} {row[k]:.3f}" for k in keys)
+    return (f"epoch {row['epoch'] + 1}/{epochs}  {vals}  lr {row['lr']:.4g}  "
+            f"{row['epoch_s']:.0f}s ({row['images_per_s']:.0f} img/s, E-step {row['estep_s']:.0f}s)")
+
+
+def final_knn(cfg: PretrainConfig, model: Method, device: torch.device) -> dict[str, Any]:
+    """kNN top-1 of the trained backbone on the test split, next to a randomly initialised encoder's."""
+    bank_split = cfg.train_split if "unlabeled" not in cfg.train_split else "train"
+    bank = load_dataset(cfg, bank_split)
+    test = load_dataset(cfg, cfg.test_split)
+    tf = eval_transform(image_size(cfg, bank))
+    loaders = [DataLoader(with_transform(ds, tf), 256, num_workers=cfg.workers, worker_init_fn=_worker_init)
+               for ds in (bank, test)]
+    torch.manual_seed(cfg.seed)
+    random_encoder = encoder_from_config(cfg).to(device).eval()
+    encoders = {"random_init": random_encoder, cfg.method: model.encoder_q.eval()}
+    results = {}
+    for name, net in encoders.items():
+        (fb, yb), (ft, yt) = [extract_features(lambda x, n=net: backbone_features(n, x), ld, device, desc=name)
+                              for ld in loaders]
+        results[name] = knn_accuracy(fb, yb, ft, yt, cfg.knn_k, cfg.knn_t)
+    gain = results[cfg.method] - results["random_init"]
+    print(f"\nkNN top-1 on {cfg.dataset} {cfg.test_split} (k={cfg.knn_k}, t={cfg.knn_t}, backbone features)\n"
+          f"  random init  {results['random_init']:6.2f}\n"
+          f"  {cfg.method:<12} {results[cfg.method]:6.2f}  ({gain:+.2f})", flush=True)
+    return {"knn": {"k": cfg.knn_k, "t": cfg.knn_t, "split": cfg.test_split, **results}}

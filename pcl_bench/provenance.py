@@ -1,0 +1,26 @@
+"""Where a result came from: package version and git commit of the code that produced it."""
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+
+from . import __version__
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit of the checkout this package runs from (with ``+dirty`` if modified), or ``unknown``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def provenance() -> dict[str, str]:
+    return {"version": __version__, "git_commit": git_commit()}
