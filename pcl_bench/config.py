@@ -95,12 +95,12 @@ class PretrainConfig:
 
 # Reference recipes at ImageNet scale (pcl_reference.md §1.1, §8).
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    "moco": dict(head="linear", temperature=0.07, aug="v1", cos=False, queue=65536),
-    "moco_v2": dict(head="mlp", temperature=0.2, aug="v2", cos=True, queue=65536),
-    "pcl": dict(head="linear", temperature=0.2, aug="v1", cos=False, queue=16384),
-    "pcl_v2": dict(head="mlp", temperature=0.2, aug="v2", cos=True, queue=16384),
-    "instdisc": dict(head="linear", temperature=0.07, aug="v1", cos=False, queue=4096),
-    "simclr": dict(head="mlp", temperature=0.1, aug="v2", cos=True),
+    "moco": {"head": "linear", "temperature": 0.07, "aug": "v1", "cos": False, "queue": 65536},
+    "moco_v2": {"head": "mlp", "temperature": 0.2, "aug": "v2", "cos": True, "queue": 65536},
+    "pcl": {"head": "linear", "temperature": 0.2, "aug": "v1", "cos": False, "queue": 16384},
+    "pcl_v2": {"head": "mlp", "temperature": 0.2, "aug": "v2", "cos": True, "queue": 16384},
+    "instdisc": {"head": "linear", "temperature": 0.07, "aug": "v1", "cos": False, "queue": 4096},
+    "simclr": {"head": "mlp", "temperature": 0.1, "aug": "v2", "cos": True},
 }
 
 # Small-scale settings. 'shapes' is sized to finish in under 10 minutes on 2 CPU cores: ResNet-18 at 64 px
@@ -109,20 +109,20 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 # prototypes (r <= K_min - batch), and 2 warm-up epochs. CIFAR uses the small stem at 32 px and follows the
 # MoCo CIFAR-10 demo (batch 512, lr 0.06, wd 5e-4, K = 4096, m = 0.99, tau 0.1 for v1 heads) with PCL's
 # over-clustering of salesforce/PCL#7 (r = 512, K = 1000/2000/4000).
-_SHAPES = dict(arch="resnet18", stem="imagenet", epochs=8, batch_size=128, lr=0.06, weight_decay=5e-4,
-               moco_m=0.99, queue=4096, num_cluster=(250, 500, 1000), proto_negatives=96, warmup_epochs=2,
-               schedule=(5, 7), bn_splits=4, workers=2)
-_CIFAR = dict(arch="resnet18", stem="small", epochs=200, batch_size=512, lr=0.06, weight_decay=5e-4,
-              moco_m=0.99, queue=4096, num_cluster=(1000, 2000, 4000), proto_negatives=512, warmup_epochs=20,
-              schedule=(120, 160))
+_SHAPES = {"arch": "resnet18", "stem": "imagenet", "epochs": 8, "batch_size": 128, "lr": 0.06, "weight_decay": 5e-4,
+               "moco_m": 0.99, "queue": 4096, "num_cluster": (250, 500, 1000), "proto_negatives": 96, "warmup_epochs": 2,
+               "schedule": (5, 7), "bn_splits": 4, "workers": 2}
+_CIFAR = {"arch": "resnet18", "stem": "small", "epochs": 200, "batch_size": 512, "lr": 0.06, "weight_decay": 5e-4,
+              "moco_m": 0.99, "queue": 4096, "num_cluster": (1000, 2000, 4000), "proto_negatives": 512, "warmup_epochs": 20,
+              "schedule": (120, 160)}
 SCALE_PRESETS: dict[str, dict[str, Any]] = {
     "shapes": _SHAPES,
     "cifar10": _CIFAR,
     "cifar100": _CIFAR,
 }
 SCALE_METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
-    "simclr": dict(temperature=0.5),  # small batches need a softer NT-Xent temperature
-    "instdisc": dict(queue=4096),
+    "simclr": {"temperature": 0.5},  # small batches need a softer NT-Xent temperature
+    "instdisc": {"queue": 4096},
 }
 DEFAULT_TEST_SPLIT = {"imagenet": "val", "stl10": "test"}
 

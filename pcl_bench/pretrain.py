@@ -140,7 +140,7 @@ def image_size(cfg: PretrainConfig, ds: Dataset) -> int:
 def make_loaders(cfg: PretrainConfig, train_set: Dataset, cluster_set: Dataset, device: torch.device):
     local_b = cfg.batch_size // D.world_size()
     sampler = DistributedSampler(train_set, D.world_size(), D.rank(), shuffle=True, seed=cfg.seed, drop_last=True)
-    common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
+    common = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda", "worker_init_fn": _worker_init}
     train_loader = DataLoader(train_set, local_b, sampler=sampler, drop_last=True, **common)
     cluster_loader = DataLoader(cluster_set, local_b * 5, sampler=D.ShardSampler(len(cluster_set), D.rank(),
                                                                                   D.world_size()), **common)

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed as D
-from ..models import encoder_from_config
 from ..losses import InfoNCE
+from ..models import encoder_from_config
 from .base import Method, top1
 
 

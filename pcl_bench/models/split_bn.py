@@ -1,8 +1,8 @@
 """SplitBatchNorm: emulate multi-GPU BatchNorm in one process (as in the MoCo CIFAR-10 demo).
 
 MoCo's ShuffleBN only has an effect when BatchNorm statistics are computed over several sub-batches (one per
-GPU). With one process, ``SplitBatchNorm(num_splits=s)`` normalises each of the ``s`` contiguous sub-batches
-with its own statistics, so shuffling the key batch before the key encoder changes which samples share
+GPU). With one process, ``SplitBatchNorm(num_splits=s)`` normalises each of ``s`` interleaved sub-batches
+(samples j, j + s, j + 2s, ..., as in the MoCo demo) with its own statistics, so shuffling the key batch before the key encoder changes which samples share
 statistics, exactly as across GPUs, and the query/key "cheating" through BN statistics is prevented.
 In eval mode it is a plain BatchNorm2d; running statistics are the mean over the splits.
 """
@@ -14,7 +14,7 @@ from torch import nn
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are per sub-batch of ``N / num_splits`` samples.
+    """BatchNorm2d whose training statistics are per interleaved sub-batch of ``N / num_splits`` samples.
 
     Input (N, C, H, W) with N divisible by ``num_splits``.
     """

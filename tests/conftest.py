@@ -1,0 +1,16 @@
+"""Shared test set-up: the generated `shapes` cache lives in a per-session temporary folder."""
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shapes_cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pcl_bench_cache")
+    old = os.environ.get("PCL_BENCH_CACHE")
+    os.environ["PCL_BENCH_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("PCL_BENCH_CACHE", None)
+    else:
+        os.environ["PCL_BENCH_CACHE"] = old

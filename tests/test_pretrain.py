@@ -1,0 +1,174 @@
+"""The pretraining engine end to end on tiny `shapes` runs: CLI, run folder, resume, DDP, errors, E-step flags."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pcl_bench import pretrain as engine
+from pcl_bench.cli import main
+
+# 120 images at 32 px, batch 16: a few seconds per epoch on 2 CPU cores.
+TINY = ["--subset-per-class", "12", "--image-size", "32", "--batch-size", "16", "--queue", "32",
+        "--num-cluster", "24,32", "--proto-negatives", "8", "--warmup-epochs", "1", "--workers", "0",
+        "--bn-splits", "2", "--knn-k", "5"]
+
+
+def run_cli(tmp_path, *args: str, name: str = "run") -> int:
+    return main(["pretrain", *TINY, "--out", str(tmp_path), "--name", name, *args])
+
+
+def records(run_dir, kind):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    """A tiny pcl_v2 run writes every artefact and prints the kNN comparison."""
+    assert run_cli(tmp_path, "--method", "pcl_v2", "--epochs", "2", "--save-every", "1") == 0
+    run = tmp_path / "run"
+    for name in ("config.json", "last.pt", "checkpoint_0000.pt", "checkpoint_0001.pt", "epochs.csv",
+                 "metrics.jsonl", "clusters.pt", "knn.json"):
+        assert (run / name).exists(), name
+    assert list((run / "tb").iterdir()), "no TensorBoard events"
+    config = json.loads((run / "config.json").read_text())
+    assert config["method"] == "pcl_v2" and config["provenance"]["version"]
+    epochs = records(run, "epoch")
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert "acc_proto" not in epochs[0] and "acc_proto" in epochs[1]  # warm-up epoch has no ProtoNCE
+    (cluster,) = records(run, "cluster")
+    assert [g["k"] for g in cluster["granularities"]] == [24, 32]
+    assert {"ami_fine", "ami_coarse", "size_hist", "phi_mean"} <= set(cluster["granularities"][0])
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and any(k.startswith("encoder_q.") for k in ckpt["state_dict"])
+    out = capsys.readouterr().out
+    assert "random init" in out and "pcl_v2" in out
+    knn = json.loads((run / "knn.json").read_text())["knn"]
+    assert set(knn) >= {"random_init", "pcl_v2"}
+
+
+@pytest.mark.parametrize("method", ["moco", "instdisc", "simclr"])
+def test_other_methods_train(tmp_path, method):
+    """Every registered baseline runs an epoch through the same engine."""
+    assert run_cli(tmp_path, "--method", method, "--epochs", "1", "--no-final-knn") == 0
+    (epoch,) = records(tmp_path / "run", "epoch")
+    assert epoch["loss"] > 0
+
+
+def _state(path):
+    ckpt = torch.load(path, weights_only=False)
+    return ckpt["state_dict"], ckpt["optimizer"]["state"]
+
+
+def test_kill_and_resume_is_exact(tmp_path):
+    """SIGKILL during epoch 3, then --resume: final weights, queue and optimizer equal an uninterrupted run."""
+    args = ["--method", "pcl_v2", "--epochs", "3", "--no-final-knn"]
+    assert run_cli(tmp_path, *args, name="straight") == 0
+
+    cmd = [sys.executable, "-m", "pcl_bench", "pretrain", *TINY, *args, "--out", str(tmp_path), "--name", "killed"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # wait until epoch 2 is checkpointed, then kill inside epoch 3
+        if line.startswith("epoch 2/3"):
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["epoch"] == 2
+
+    assert run_cli(tmp_path, *args, "--resume", name="killed") == 0
+    (sd_a, opt_a), (sd_b, opt_b) = _state(tmp_path / "straight" / "last.pt"), _state(tmp_path / "killed" / "last.pt")
+    assert sd_a.keys() == sd_b.keys()
+    for key in sd_a:
+        assert torch.equal(sd_a[key], sd_b[key]), key
+    for i in opt_a:
+        assert torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"])
+    assert [e["epoch"] for e in records(tmp_path / "killed", "epoch")] == [0, 1, 2]
+
+
+def test_two_process_gloo_ddp(tmp_path):
+    """torchrun with 2 CPU processes: ShuffleBN across ranks, E-step gathered from both ranks, one run folder."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "pcl_bench", "pretrain", *TINY, "--bn-splits", "1", "--method", "pcl_v2", "--epochs", "2",
+           "--out", str(tmp_path), "--name", "ddp", "--no-final-knn"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    clusters = torch.load(tmp_path / "ddp" / "clusters.pt", weights_only=False)
+    assert [t.numel() for t in clusters["im2cluster"]] == [120, 120]  # every sample once, no padding rows
+    ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    assert ckpt["config"]["bn_splits"] == 1 and ckpt["epoch"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--proto-negatives", "16"], "negative prototypes"),
+    (["--queue", "40"], "not a multiple of the global batch"),
+    (["--num-cluster", "24,500"], "larger than the 120 training images"),
+    (["--method", "byol"], "unknown --method"),
+    (["--arch", "vgg16"], "unknown --arch"),
+    (["--dataset", "mnist"], "unknown dataset"),
+    (["--dataset", "cifar10", "--data-root", "/nonexistent"], "cifar-10-batches-py"),
+    (["--resume"], "--resume: no checkpoint"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
+    """Constraints are checked up front: exit code 2, one line naming the problem."""
+    assert run_cli(tmp_path, "--epochs", "1", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_existing_run_folder_and_resume_conflicts(tmp_path, capsys):
+    """An existing run is never silently overwritten, and resume refuses a changed recipe."""
+    assert run_cli(tmp_path, "--epochs", "1", "--no-final-knn") == 0
+    assert run_cli(tmp_path, "--epochs", "1") == 2
+    assert "--resume" in capsys.readouterr().err
+    assert run_cli(tmp_path, "--epochs", "2", "--lr", "0.5", "--resume") == 2
+    assert "--lr 0.5 differs" in capsys.readouterr().err
+    assert run_cli(tmp_path, "--epochs", "1", "--overwrite", "--no-final-knn") == 0
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    """A non-finite loss stops the run with exit 1; last.pt still holds the last good epoch."""
+    real_forward = engine.METHODS["moco_v2"].forward
+    calls = []
+
+    def forward(self, views, index, clusters=None):
+        out = real_forward(self, views, index, clusters)
+        calls.append(1)
+        if len(calls) > 7:  # 120 images / batch 16 = 7 steps: poison the first step of epoch 2
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(engine.METHODS["moco_v2"], "forward", forward)
+    assert run_cli(tmp_path, "--method", "moco_v2", "--epochs", "3") == 1
+    assert "loss became nan at epoch 2, step 1" in capsys.readouterr().err
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["epoch"] == 1
+
+
+def test_e_step_flags_reach_the_clustering(tmp_path, monkeypatch):
+    """--warmup-epochs, --num-cluster, --concentration(-alpha), --kmeans-iters/-restarts and
+    --proto-negatives all reach the E-step and ProtoNCE."""
+    calls = []
+    real = engine.e_step
+
+    def spy(encoder, loader, n, num_cluster, temperature, device, **kw):
+        calls.append(dict(num_cluster=num_cluster, temperature=temperature, **kw))
+        return real(encoder, loader, n, num_cluster, temperature, device, **kw)
+
+    monkeypatch.setattr(engine, "e_step", spy)
+    assert run_cli(tmp_path, "--method", "pcl", "--epochs", "3", "--warmup-epochs", "2", "--num-cluster", "30,40,50",
+                   "--concentration", "fixed", "--concentration-alpha", "3", "--kmeans-iters", "7",
+                   "--kmeans-restarts", "2", "--proto-negatives", "6", "--temperature", "0.3",
+                   "--no-final-knn") == 0
+    assert len(calls) == 1  # epochs 0 and 1 are warm-up
+    assert calls[0] == {"num_cluster": [30, 40, 50], "temperature": 0.3, "alpha": 3.0, "niter": 7, "nredo": 2,
+                            "fixed_concentration": True, "use_gpu": False}
+    clusters = torch.load(tmp_path / "run" / "clusters.pt", weights_only=False)
+    assert all(torch.allclose(d, torch.full_like(d, 0.3)) for d in clusters["density"])
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ckpt["config"]["proto_negatives"] == 6
