@@ -15,9 +15,11 @@ stays recognisable, also after random crops of 20-100% of the area:
 * shape: rotation (uniform), diameter 35-75% of the image side, position (shape fully inside),
   mild vertex jitter for polygons, filled with a flat colour or a two-colour gradient, or drawn as a
   thick outline only;
-* background: flat colour, linear gradient, stripes (random angle, frequency, soft or hard), rotated
-  checkerboard or smooth noise, each mixing two random colours;
-* clutter: 2-6 small dots, short line segments and arcs in random colours, behind or in front of the shape;
+* background: a weak linear gradient between two random colours, or (30% of images) one of flat colour,
+  gradient, stripes (random angle, frequency, soft or hard), rotated checkerboard or smooth noise.
+  Textures are kept rare and weak on purpose: a background pattern is a per-image cue that survives
+  crops and colour jitter, so frequent strong textures let instance discrimination ignore the shape;
+* clutter: 0-3 small dots, short line segments and arcs in random colours, behind or in front of the shape;
 * colours are random HSV with muted saturation (<= 0.5); the background mixes a colour with a weaker
   second one, and the shape colour is resampled until its luminance differs from both (so it survives
   grayscale);
@@ -50,7 +52,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from pcl_bench.errors import UsageError
 
-GENERATOR_VERSION = 2  # v1 (vivid colours, full-contrast textures) is obsolete
+GENERATOR_VERSION = 3  # v1 (vivid colours, full-contrast textures) is obsolete
 
 FINE_CLASSES: list[str] = [
     "circle", "ellipse", "crescent",
@@ -66,6 +68,7 @@ SUPERSAMPLE = 3  # draw at 3x resolution, then box-downsample: antialiased edges
 # Luminance gap between the shape and every background colour: the shape stays visible in grayscale
 # (a standard augmentation), whatever the hues.
 MIN_LUMA_GAP = 0.25
+TEXTURED = 0.3  # share of images with a textured background; the rest get a weak gradient
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -256,11 +259,11 @@ def _render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     # The second background colour is pulled towards the first: textures stay visible but weaker than
     # the shape's edges, so the shape is the most salient structure in the image.
     base = _random_colour(rng)
-    palette = (base, base + rng.uniform(0.3, 0.7) * (_random_colour(rng) - base))
-    kind = ("flat", "gradient", "stripes", "checker", "noise")[rng.integers(5)]
+    palette = (base, base + rng.uniform(0.15, 0.4) * (_random_colour(rng) - base))
+    kind = ("flat", "gradient", "stripes", "checker", "noise")[rng.integers(5)] if rng.uniform() < TEXTURED else "gradient"
     canvas = _mix(*palette, _texture_field(kind, n, rng))
     draw = ImageDraw.Draw(canvas)
-    n_clutter = int(rng.integers(2, 7))
+    n_clutter = int(rng.integers(0, 4))
     in_front = rng.uniform(size=n_clutter) < 0.5
     for _ in range(int((~in_front).sum())):
         _draw_clutter(draw, n, rng)
