@@ -3,6 +3,7 @@ epoch) and TensorBoard scalars under ``tb/``."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -49,16 +50,13 @@ class MetricLogger:
         self.tb.flush()
 
     def _write_csv(self, rows: list[dict]) -> None:
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        lines = []
+        """Rewrite the whole CSV (atomically): later epochs may add columns, e.g. PCL's after warm-up."""
+        buf = io.StringIO()
         if rows:
-            import io
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=fields)
+            writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
             writer.writeheader()
             writer.writerows(rows)
-            lines.append(buf.getvalue())
-        write_text("".join(lines), self.csv)
+        write_text(buf.getvalue(), self.csv)
 
     def close(self) -> None:
         self.tb.close()
