@@ -123,7 +123,6 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
 }
 SCALE_METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "simclr": {"temperature": 0.5},  # small batches need a softer NT-Xent temperature
-    "instdisc": {"queue": 4096},
 }
 DEFAULT_TEST_SPLIT = {"imagenet": "val", "stl10": "test"}
 
