@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+from pcl_bench.errors import UsageError
 
 STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -154,3 +157,12 @@ def write_imagefolder(
                 path = write_image(Path(root) / split / cls / f"{k:04d}.{ext}", pixels)
                 out[split].append((path, pixels))
     return out
+
+
+def usage_error(match: str, fn, *args, **kwargs) -> str:
+    """Run ``fn``, expecting a one-line UsageError that contains ``match``."""
+    with pytest.raises(UsageError) as info:
+        fn(*args, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg and match in msg, msg
+    return msg

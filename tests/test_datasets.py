@@ -17,6 +17,7 @@ from fixtures import (
     CIFAR10_CLASSES,
     STL10_CLASSES,
     marker_image,
+    usage_error,
     write_cifar10,
     write_cifar100,
     write_image,
@@ -27,7 +28,6 @@ from PIL import Image
 from torchvision import transforms as T
 
 from pcl_bench.data import CIFAR10, DATASETS, InstanceSubset, balanced_subset, build_dataset
-from pcl_bench.errors import UsageError
 
 REAL_CIFAR10 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10"
 
@@ -36,14 +36,6 @@ def pixels(img: Image.Image) -> np.ndarray:
     assert img.mode == "RGB"
     return np.asarray(img)
 
-
-def usage_error(match: str, fn, *args, **kwargs) -> str:
-    """Run ``fn``, expecting a one-line UsageError that contains ``match``."""
-    with pytest.raises(UsageError) as info:
-        fn(*args, **kwargs)
-    msg = str(info.value)
-    assert "\n" not in msg and match in msg, msg
-    return msg
 
 
 # ---------------------------------------------------------------- CIFAR
@@ -188,7 +180,8 @@ def test_imagenet_and_imagefolder_errors(tmp_path):
 
 
 def test_registry_errors(tmp_path):
-    assert set(DATASETS) == {"shapes", "imagefolder", "imagenet", "cifar10", "cifar100", "stl10"}
+    assert set(DATASETS) == {"shapes", "imagefolder", "imagenet", "cifar10", "cifar100", "stl10",
+                             "shapes-voc", "voc07", "voc12", "places205"}
     msg = usage_error("unknown dataset 'mnist'", build_dataset, "mnist", tmp_path, "train")
     assert "cifar100" in msg and "imagenet" in msg
     usage_error("--data-root is required for cifar10", build_dataset, "cifar10", None, "train")

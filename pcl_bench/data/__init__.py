@@ -21,6 +21,8 @@ from pcl_bench.data.datasets import (
     Transform,
     balanced_subset,
 )
+from pcl_bench.data.places205 import Places205
+from pcl_bench.data.voc import VOCClassification, VOCDetection
 from pcl_bench.errors import UsageError
 
 
@@ -31,6 +33,23 @@ def _shapes(root: str | None, split: str, transform: Transform = None) -> Datase
     return ShapesDataset(root, split, transform)
 
 
+def _shapes_voc(root: str | None, split: str, transform: Transform = None) -> Dataset:
+    from pcl_bench.data.shapes_voc import shapes_voc_classification
+
+    return shapes_voc_classification(root, split, transform)
+
+
+def _voc07(root: str, split: str, transform: Transform = None) -> Dataset:
+    return VOCClassification(root, split, transform, year="2007")
+
+
+def _voc12(root: str, split: str, transform: Transform = None) -> Dataset:
+    return VOCClassification(root, split, transform, year="2012")
+
+
+_voc07.layout = _voc12.layout = VOCClassification.layout  # named in build_dataset's --download error
+
+
 DATASETS: dict[str, Callable[[str | None, str, Transform], Dataset]] = {
     "shapes": _shapes,
     "imagefolder": ImageFolderInstance,
@@ -38,6 +57,10 @@ DATASETS: dict[str, Callable[[str | None, str, Transform], Dataset]] = {
     "cifar10": CIFAR10,
     "cifar100": CIFAR100,
     "stl10": STL10,
+    "shapes-voc": _shapes_voc,
+    "voc07": _voc07,
+    "voc12": _voc12,
+    "places205": Places205,
 }
 
 
@@ -48,11 +71,15 @@ def build_dataset(
 
     ``shapes`` is generated (``root`` None: its default cache; ``download`` does not apply). The others need
     ``root``; ``download=True`` fetches cifar10, cifar100 and stl10 into ``root`` if absent.
+    ``shapes-voc`` is generated too (``root``: its cache, None for the default). ``voc07``, ``voc12`` and
+    ``shapes-voc`` are multi-label: targets int8 (N, C) with 1 / -1 / 0 (see ``pcl_bench.data.voc``).
     """
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if name == "shapes":
         return _shapes(root, split, transform)
+    if name == "shapes-voc":
+        return _shapes_voc(root, split, transform)
     if root is None:
         raise UsageError(f"--data-root is required for {name}")
     root = os.path.expanduser(os.fspath(root))
@@ -76,6 +103,9 @@ __all__ = [
     "ImageFolderInstance",
     "ImageNet",
     "InstanceSubset",
+    "Places205",
+    "VOCClassification",
+    "VOCDetection",
     "balanced_subset",
     "build_dataset",
 ]
