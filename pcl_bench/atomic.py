@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -22,6 +23,7 @@ def _replace_with(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shared caches and results must stay readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -38,3 +40,8 @@ def write_text(text: str, path: str | os.PathLike) -> None:
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     write_text(json.dumps(obj, indent=2, default=str) + "\n", path)
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """An uncompressed ``.npz`` of ``arrays``."""
+    _replace_with(Path(path), lambda f: np.savez(f, **arrays))

@@ -2,6 +2,7 @@
 import os
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -14,3 +15,12 @@ def shapes_cache(tmp_path_factory):
         os.environ.pop("PCL_BENCH_CACHE", None)
     else:
         os.environ["PCL_BENCH_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny CPU networks: one intra-op thread avoids the overhead (and contention on a busy machine) of two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
