@@ -10,11 +10,56 @@ from .config import METHOD_PRESETS, SCALE_PRESETS, PretrainConfig
 from .errors import UsageError
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def _list_of(kind: type):
+    """An argparse type: comma-separated values of ``kind``, e.g. ``1,2,4``."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
+
+
+_int_list, _float_list = _list_of(int), _list_of(float)
+
+
+# ``pcl-bench eval`` flags that override a protocol spec's entry of the same name.
+SPEC_FLAGS = {
+    "train_split": (str, "split the classifier / bank / clustering uses"),
+    "test_split": (str, "split scored"),
+    "image_size": (int, "evaluation crop size"),
+    "ks": (_int_list, "lowshot: positives per class; knn: neighbours"),
+    "runs": (int, "lowshot: independent runs"),
+    "seed": (int, "base seed (run r uses seed + r)"),
+    "costs": (_float_list, "lowshot: SVM costs (several: chosen by cross-validation on the training samples)"),
+    "epochs": (int, "linear / semisup: epochs"),
+    "lr": (float, "linear: learning rate (5: PCL preset, 30: MoCo preset)"),
+    "mode": (str, "linear: 'full' (augmented images) or 'fast' (cached centre-crop features)"),
+    "fractions": (_float_list, "semisup: label fractions, e.g. 0.01,0.1"),
+    "clusters": (_int_list, "ami: numbers of k-means clusters, e.g. 25000,50000,100000"),
+    "t": (float, "knn: temperature"),
+}
+
+
+def _add_eval_parser(sub) -> None:
+    from .evaluate import RUNNERS
+    ev = sub.add_parser("eval", help="evaluate a checkpoint with one of the paper's protocols")
+    ev.add_argument("protocol", choices=list(RUNNERS))
+    ev.add_argument("--dataset", required=True, help="voc07, voc12, shapes-voc, places205, imagenet, shapes, ...")
+    ev.add_argument("--data-root", help="dataset root (not needed for shapes and shapes-voc)")
+    ev.add_argument("--checkpoint", required=True,
+                    help="this suite's run checkpoint, a released MoCo/PCL checkpoint, torchvision ResNet weights, "
+                         "or random:<arch>[:<stem>] for a randomly initialised encoder")
+    ev.add_argument("--arch", help="expected backbone (resnet18/34/50; default: inferred from the checkpoint)")
+    ev.add_argument("--spec", help="protocol spec file (default: the protocols/*.toml that lists --dataset)")
+    ev.add_argument("--variant", help="spec variant, e.g. lowshot --variant goyal")
+    ev.add_argument("--label", help="method name in the results (default: from the checkpoint)")
+    ev.add_argument("--results", default="results/store.jsonl", help="results store to append to")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ev.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
+    ev.add_argument("--batch-size", type=int, default=256, help="feature-extraction batch size")
+    for name, (kind, help_text) in SPEC_FLAGS.items():
+        ev.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{help_text} [default: the spec's]")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +92,47 @@ def build_parser() -> argparse.ArgumentParser:
                     f"follow the paper's ImageNet recipe.\nMulti-GPU / multi-node: "
                     f"torchrun --nproc-per-node N -m pcl_bench pretrain ...")
     _add_config_flags(pre)
+    _add_eval_parser(sub)
+    rep = sub.add_parser("report", help="rebuild the paper's tables and figures from the results store")
+    rep.add_argument("--results", default="results/store.jsonl", help="results store to read")
+    rep.add_argument("--out", default="results", help="folder for the tables and PNGs")
+    rep.add_argument("--runs", default="runs", help="pretraining run folders (for the cluster-size figure)")
+    rep.add_argument("--features", help="t-SNE feature files [default: <results folder>/features]")
+    exp = sub.add_parser("export", help="write a checkpoint's backbone in another format")
+    exp.add_argument("--checkpoint", required=True)
+    exp.add_argument("--format", choices=["torchvision"], default="torchvision",
+                     help="torchvision: a plain ResNet state_dict without fc")
+    exp.add_argument("--out", required=True, help="output file")
     return parser
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate, format_rows
+    overrides = {k: getattr(args, k) for k in SPEC_FLAGS if getattr(args, k) is not None}
+    rows = evaluate(args.protocol, args.dataset, args.checkpoint, args.data_root, spec_file=args.spec,
+                    variant=args.variant, overrides=overrides, arch=args.arch, label=args.label,
+                    results=args.results, device=args.device, workers=args.workers, batch_size=args.batch_size)
+    print(format_rows(rows))
+    print(f"appended {len(rows)} rows to {args.results}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .report import build_report
+    features = Path(args.features) if args.features else Path(args.results).parent / "features"
+    written = build_report(args.results, args.out, runs_dir=args.runs if Path(args.runs).is_dir() else None,
+                           features_dir=features if features.is_dir() else None)
+    for name, path in written.items():
+        if name.endswith(".md"):
+            print(path.read_text())
+    print(f"wrote {len(written)} files to {args.out}: {', '.join(written)}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .checkpoints import export_torchvision
+    info = export_torchvision(args.checkpoint, args.out)
+    print(f"wrote the {info['arch']} backbone of {args.checkpoint} as a torchvision state_dict to {args.out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             except TrainingDiverged as e:
                 print(f"pcl-bench: {e}", file=sys.stderr)
                 return 1
+        else:
+            {"eval": _eval, "report": _report, "export": _export}[args.command](args)
     except UsageError as e:
         print(f"pcl-bench: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,105 @@
+"""Protocol specs and the generic runner: spec resolution, errors, and a tiny checkpoint through every protocol."""
+import json
+
+import pytest
+import tomllib
+from test_pretrain import TINY
+
+from pcl_bench import evaluate as E
+from pcl_bench.cli import main
+from pcl_bench.data import shapes_voc
+from pcl_bench.errors import UsageError
+from pcl_bench.paths import repo_path
+from pcl_bench.results_store import read_rows
+
+
+def test_every_spec_is_valid():
+    specs = sorted(repo_path("protocols").glob("*.toml"))
+    assert len(specs) >= 10
+    for path in specs:
+        spec = tomllib.loads(path.read_text())
+        assert spec["protocol"] in E.PROTOCOLS, path.name
+        for dataset in spec["datasets"]:
+            resolved = E.resolve_spec(path, dataset, None, {})
+            assert resolved["image_size"] > 0 and resolved["train_split"], (path.name, dataset)
+
+
+def test_spec_resolution():
+    voc = E.find_spec("lowshot", "voc07")
+    assert voc.name == "lowshot_voc07.toml" and E.find_spec("lowshot", "shapes-voc") == voc
+    assert E.find_spec("lowshot", "shapes").name == "lowshot_places205.toml"
+    paper = E.resolve_spec(voc, "voc07", None, {})
+    assert (paper["variant"], paper["feature"], paper["ks"], paper["costs"], paper["runs"]) == \
+        ("pcl", "pool", [1, 2, 4, 8, 16], [0.5], 5)
+    goyal = E.resolve_spec(voc, "voc07", "goyal", {"runs": 2})
+    assert goyal["feature"] == "res5_2x2" and goyal["ks"][-1] == 96 and goyal["runs"] == 2
+    assert E.resolve_spec(voc, "shapes-voc", None, {})["image_size"] == 64
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: E.find_spec("lowshot", "mnist"), "no lowshot protocol spec lists dataset 'mnist'"),
+    (lambda: E.resolve_spec(E.find_spec("knn", "shapes"), "shapes", "goyal", {}), "unknown --variant 'goyal'"),
+    (lambda: E.resolve_spec(E.find_spec("knn", "shapes"), "shapes", None, {"fractions": [0.1]}),
+     "--fractions does not apply to the knn protocol"),
+])
+def test_spec_errors(call, message):
+    with pytest.raises(UsageError, match=message):
+        call()
+
+
+def test_wrong_voc_root_writes_nothing(tmp_path, capsys):
+    store = tmp_path / "store.jsonl"
+    code = main(["eval", "lowshot", "--dataset", "voc07", "--data-root", str(tmp_path / "nowhere"),
+                 "--checkpoint", "random:resnet18", "--results", str(store)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "ImageSets/Main" in err and "JPEGImages" in err
+    assert not store.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["pretrain", *TINY, "--method", "pcl_v2", "--epochs", "2", "--no-final-knn", "--out", str(out),
+                 "--name", "tiny"]) == 0
+    return out / "tiny" / "last.pt"
+
+
+def test_every_protocol_to_the_report(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """A tiny checkpoint and a random encoder through every protocol on shapes / shapes-voc, then the report."""
+    monkeypatch.setattr(shapes_voc, "DEFAULT_SIZES", {"trainval": 60, "test": 40})
+    store = tmp_path / "results" / "store.jsonl"
+    quick = {
+        "lowshot": ["--ks", "1,2", "--runs", "2"],
+        "linear": ["--epochs", "3"],
+        "knn": ["--ks", "5,20"],
+        "semisup": ["--fractions", "0.01", "--epochs", "1"],
+        "ami": ["--clusters", "10"],
+    }
+    for ckpt in (str(tiny_checkpoint), "random:resnet18"):
+        for protocol, flags in quick.items():
+            assert main(["eval", protocol, "--dataset", "shapes", "--checkpoint", ckpt, "--results", str(store),
+                         "--workers", "0", *flags]) == 0, protocol
+        assert main(["eval", "lowshot", "--dataset", "shapes-voc", "--checkpoint", ckpt, "--results", str(store),
+                     "--workers", "0", "--ks", "1", "--runs", "2"]) == 0
+    rows = read_rows(store)
+    ours = rows[rows["method"] == "pcl_v2"]
+    assert set(ours["protocol"]) == {"lowshot", "linear", "knn", "semisup", "ami"}
+    assert set(ours["dataset"]) == {"shapes", "shapes-voc"}
+    assert set(rows["method"]) == {"pcl_v2", "random init"}
+    voc = ours[(ours["dataset"] == "shapes-voc")]
+    assert list(voc["setting"]) == ["k=1", "full"] and (voc["metric"] == "mAP").all()
+    assert list(voc["seeds"].iloc[0]) == [0, 1] and voc["n_runs"].iloc[0] == 2
+    assert {"ami", "ami_coarse", "nmi", "ari"} <= set(ours[ours["protocol"] == "ami"]["metric"])
+    assert (ours["git_commit"] != "").all() and (ours["checkpoint_sha256"].str.len() == 16).all()
+    assert json.loads(store.read_text().splitlines()[0])["params"]["spec"] == "lowshot_places205.toml"
+    assert list((tmp_path / "results" / "subsets").glob("shapes_train_0.01_seed0.json"))
+
+    capsys.readouterr()
+    assert main(["report", "--results", str(store), "--out", str(tmp_path / "results"), "--runs",
+                 str(tiny_checkpoint.parent.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "measured" in out and "paper" in out and "pcl_v2" in out
+    for name in ("table1_lowshot.md", "table2_semisup.csv", "table3_linear.csv", "table4_knn.csv",
+                 "table7_ami.csv", "lowshot_curves.png", "tsne.png"):
+        assert (tmp_path / "results" / name).stat().st_size > 0, name
