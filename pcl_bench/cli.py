@@ -44,7 +44,8 @@ SPEC_FLAGS = {
 def _add_eval_parser(sub) -> None:
     from .evaluate import RUNNERS
     ev = sub.add_parser("eval", help="evaluate a checkpoint with one of the paper's protocols")
-    ev.add_argument("protocol", choices=list(RUNNERS))
+    ev.add_argument("protocol", choices=[*RUNNERS, "all"],
+                    help="the protocol; 'all' runs every protocol whose spec lists --dataset")
     ev.add_argument("--dataset", required=True, help="voc07, voc12, shapes-voc, places205, imagenet, shapes, ...")
     ev.add_argument("--data-root", help="dataset root (not needed for shapes and shapes-voc)")
     ev.add_argument("--checkpoint", required=True,
@@ -107,13 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate, format_rows
+    from .evaluate import evaluate, format_rows, protocols_for
     overrides = {k: getattr(args, k) for k in SPEC_FLAGS if getattr(args, k) is not None}
-    rows = evaluate(args.protocol, args.dataset, args.checkpoint, args.data_root, spec_file=args.spec,
-                    variant=args.variant, overrides=overrides, arch=args.arch, label=args.label,
-                    results=args.results, device=args.device, workers=args.workers, batch_size=args.batch_size)
-    print(format_rows(rows))
-    print(f"appended {len(rows)} rows to {args.results}")
+    protocols = protocols_for(args.dataset) if args.protocol == "all" else [args.protocol]
+    if len(protocols) > 1 and (overrides or args.spec or args.variant):
+        raise UsageError("eval all runs each protocol with its spec's settings; drop --spec, --variant and the "
+                         "setting flags, or name one protocol")
+    for protocol in protocols:
+        rows = evaluate(protocol, args.dataset, args.checkpoint, args.data_root, spec_file=args.spec,
+                        variant=args.variant, overrides=overrides, arch=args.arch, label=args.label,
+                        results=args.results, device=args.device, workers=args.workers,
+                        batch_size=args.batch_size)
+        print(format_rows(rows))
+        print(f"appended {len(rows)} rows to {args.results}")
 
 
 def _report(args: argparse.Namespace) -> None:

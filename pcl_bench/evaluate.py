@@ -268,6 +268,15 @@ def evaluate(protocol: str, dataset: str, checkpoint: str, data_root: str | None
     return rows
 
 
+def protocols_for(dataset: str) -> list[str]:
+    """Every protocol with a spec that lists ``dataset``, in the order of ``PROTOCOLS``."""
+    specs = [tomllib.loads(p.read_text()) for p in sorted(repo_path("protocols").glob("*.toml"))]
+    found = [p for p in PROTOCOLS if any(s.get("protocol") == p and dataset in s.get("datasets", []) for s in specs)]
+    if not found:
+        raise UsageError(f"no protocol spec lists dataset {dataset!r}")
+    return found
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """A short plain-text table of ``rows`` for the terminal."""
     lines = [f"{'method':<14} {'dataset':<11} {'protocol':<8} {'setting':<14} {'metric':<10} {'value':>14}"]

@@ -69,6 +69,9 @@ SUPERSAMPLE = 3  # draw at 3x resolution, then box-downsample: antialiased edges
 # (a standard augmentation), whatever the hues.
 MIN_LUMA_GAP = 0.25
 TEXTURED = 0.3  # share of images with a textured background; the rest get a weak gradient
+DIAMETER = (0.35, 0.75)  # shape diameter range, as a fraction of the image side
+OUTLINE_ONLY = 0.25  # share of shapes drawn as a thick outline instead of filled
+MAX_CLUTTER = 3  # distractors per image: 0..MAX_CLUTTER
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -263,13 +266,13 @@ def _render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     kind = ("flat", "gradient", "stripes", "checker", "noise")[rng.integers(5)] if rng.uniform() < TEXTURED else "gradient"
     canvas = _mix(*palette, _texture_field(kind, n, rng))
     draw = ImageDraw.Draw(canvas)
-    n_clutter = int(rng.integers(0, 4))
+    n_clutter = int(rng.integers(0, MAX_CLUTTER + 1))
     in_front = rng.uniform(size=n_clutter) < 0.5
     for _ in range(int((~in_front).sum())):
         _draw_clutter(draw, n, rng)
 
     # Shape: rotate, scale (diameter 35-75% of the side) and place it fully inside the image.
-    radius = rng.uniform(0.35, 0.75) / 2 * n
+    radius = rng.uniform(*DIAMETER) / 2 * n
     a = rng.uniform(0, 2 * np.pi)
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     centre = rng.uniform(radius, n - radius, 2)
@@ -277,7 +280,7 @@ def _render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     mask = Image.new("L", (n, n), 0)
     mask_draw = ImageDraw.Draw(mask)
     style = rng.uniform()
-    if style < 0.25:  # outline only, thick enough to survive downsampling and blur
+    if style < OUTLINE_ONLY:  # outline only, thick enough to survive downsampling and blur
         mask_draw.line(pts + pts[:1], fill=255, width=int(rng.uniform(0.12, 0.22) * radius), joint="curve")
     else:
         mask_draw.polygon(pts, fill=255)
