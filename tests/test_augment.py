@@ -1,9 +1,11 @@
 """The augmentations are the reference pipelines at 224 px and scale documentedly at small sizes."""
+import pytest
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
 from pcl_bench.data.augment import GaussianBlur, TwoCropsTransform, eval_transform, pretrain_transform
+from pcl_bench.errors import UsageError
 
 
 def kinds(pipeline):
@@ -44,3 +46,11 @@ def test_two_crops_are_independent_views():
     assert q.shape == k.shape == (3, 64, 64) and not torch.equal(q, k)
     assert eval_transform(64)(img).shape == (3, 64, 64)
     assert GaussianBlur((0.5, 0.5))(img).size == (64, 64)
+
+
+def test_crop_min_scale_flag():
+    """--crop-min-scale replaces only the smallest crop area; 0.2 (the default) is the reference."""
+    assert pretrain_transform("v2", 32).transforms[0].scale == (0.2, 1.0)
+    assert pretrain_transform("v1", 32, min_scale=0.6).transforms[0].scale == (0.6, 1.0)
+    with pytest.raises(UsageError, match="--crop-min-scale"):
+        pretrain_transform("v2", 32, min_scale=0.0)

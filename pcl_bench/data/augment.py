@@ -22,6 +22,8 @@ from collections.abc import Callable
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
+from ..errors import UsageError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = ("v1", "v2")
@@ -53,10 +55,12 @@ class TwoCropsTransform:
         return f"TwoCropsTransform({self.base!r})"
 
 
-def pretrain_transform(kind: str, size: int = 224) -> T.Compose:
-    """The v1 or v2 training augmentation at crop size ``size`` (224 gives the reference pipeline)."""
+def pretrain_transform(kind: str, size: int = 224, min_scale: float = 0.2) -> T.Compose:
+    """The v1 or v2 training augmentation at crop size ``size`` (224 and ``min_scale`` 0.2: the reference)."""
+    if not 0 < min_scale <= 1:
+        raise UsageError(f"--crop-min-scale must be in (0, 1], got {min_scale}")
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    crop = T.RandomResizedCrop(size, scale=(0.2, 1.0))
+    crop = T.RandomResizedCrop(size, scale=(min_scale, 1.0))
     if kind == "v1":
         ops = [crop, T.RandomGrayscale(p=0.2), T.ColorJitter(0.4, 0.4, 0.4, 0.4), T.RandomHorizontalFlip()]
     elif kind == "v2":
