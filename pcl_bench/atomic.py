@@ -45,3 +45,9 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """An uncompressed ``.npz`` of ``arrays``."""
     _replace_with(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """A matplotlib figure as a PNG (120 dpi, tight bounding box); returns ``path``."""
+    _replace_with(Path(path), lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    return Path(path)

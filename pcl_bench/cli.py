@@ -63,10 +63,12 @@ def _add_eval_parser(sub) -> None:
         ev.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{help_text} [default: the spec's]")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`PretrainConfig` field; unset flags stay None so presets can fill them."""
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per :class:`PretrainConfig` field but ``skip``; unset flags stay None so presets fill them."""
     hints = typing.get_type_hints(PretrainConfig)
     for f in dataclasses.fields(PretrainConfig):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         default = f.default if not f.metadata.get("list") else ",".join(map(str, f.default))
@@ -78,6 +80,41 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         else:
             base = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
             parser.add_argument(flag, type=base, default=None, help=help_text)
+
+
+def _add_analyze_parser(sub) -> None:
+    ana = sub.add_parser("analyze", help="analyses of a checkpoint's embeddings")
+    what = ana.add_subparsers(dest="analysis", required=True)
+    col = what.add_parser("collapse", help="dimensional collapse: covariance spectrum (PNG), effective rank, "
+                                          "rank95 overall and per class, total variance; appended to the "
+                                          "store")
+    col.add_argument("--checkpoint", required=True, help="a run's last.pt, a released MoCo/PCL checkpoint...")
+    col.add_argument("--dataset", required=True, help="shapes, cifar10, imagenet, ...")
+    col.add_argument("--data-root", help="dataset root (not needed for shapes)")
+    col.add_argument("--split", help="split embedded [default: test, or val for imagenet]")
+    col.add_argument("--image-size", type=int, help="centre-crop size [default: the run's training crop, "
+                                                    "else the dataset's native size]")
+    col.add_argument("--label", help="method name in the results (default: from the checkpoint)")
+    col.add_argument("--results", default="results/store.jsonl",
+                     help="results store to append to; the PNG and JSON go to its folder's collapse/")
+    col.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    col.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
+    col.add_argument("--batch-size", type=int, default=256, help="feature-extraction batch size")
+
+
+def _add_sweep_parser(sub) -> None:
+    sw = sub.add_parser(
+        "sweep", help="pretrain each method at each learning rate and plot kNN accuracy and effective rank",
+        description="Train every --methods x --lr pair with every other setting fixed (pretraining flags "
+                    "as for pcl-bench pretrain), score kNN top-1 and the collapse metrics on the test split, "
+                    "and write sweep_<dataset>.csv, .md and .png to --results-dir. Finished points are "
+                    "reused.")
+    sw.add_argument("--methods", type=_list_of(str), required=True,
+                    help="comma-separated methods, e.g. simclr,clop")
+    sw.add_argument("--lr", type=_float_list, required=True,
+                    help="comma-separated learning rates, e.g. 0.01,0.1,1")
+    sw.add_argument("--results-dir", default="results", help="folder for the table and figure")
+    _add_config_flags(sw, skip=("method", "lr", "name", "resume", "final_knn"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="results", help="folder for the tables and PNGs")
     rep.add_argument("--runs", default="runs", help="pretraining run folders (for the cluster-size figure)")
     rep.add_argument("--features", help="t-SNE feature files [default: <results folder>/features]")
+    _add_analyze_parser(sub)
+    _add_sweep_parser(sub)
     exp = sub.add_parser("export", help="write a checkpoint's backbone in another format")
     exp.add_argument("--checkpoint", required=True)
     exp.add_argument("--format", choices=["torchvision"], default="torchvision",
@@ -136,6 +175,30 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} files to {args.out}: {', '.join(written)}")
 
 
+def _analyze(args: argparse.Namespace) -> None:
+    from .collapse import analyze_collapse, format_metrics
+    out = analyze_collapse(args.checkpoint, args.dataset, args.data_root, args.split, args.results,
+                           args.image_size, args.label, args.device, args.workers, args.batch_size)
+    info = out["info"]
+    print(f"collapse metrics of {args.label or info['method']} ({args.checkpoint}) on {args.dataset} "
+          f"{info['split']}, {info['images']} images at {info['image_size']} px\n"
+          f"{format_metrics(out['metrics'])}")
+    print(f"spectrum: {out['png']}; all metrics: {out['json']}; appended {len(out['rows'])} rows to "
+          f"{args.results}")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .sweep import run_sweep
+    common = {k: v for k, v in vars(args).items()
+              if k not in ("command", "methods", "lr", "results_dir", "label_fraction", "overwrite")}
+    dataset, out = args.dataset or PretrainConfig.dataset, Path(args.results_dir)
+    run_sweep(args.methods, args.lr, dataset, args.label_fraction, common, out, bool(args.overwrite))
+    print((out / f"sweep_{dataset}.md").read_text())
+    print(f"wrote sweep_{dataset}.csv, .md and .png to {out}")
+
+
 def _export(args: argparse.Namespace) -> None:
     from .checkpoints import export_torchvision
     info = export_torchvision(args.checkpoint, args.out)
@@ -154,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"pcl-bench: {e}", file=sys.stderr)
                 return 1
         else:
-            {"eval": _eval, "report": _report, "export": _export}[args.command](args)
+            {"eval": _eval, "report": _report, "export": _export, "analyze": _analyze,
+             "sweep": _sweep}[args.command](args)
     except UsageError as e:
         print(f"pcl-bench: error: {e}", file=sys.stderr)
         return 2

@@ -44,6 +44,8 @@ class PretrainConfig:
     bn_splits: int = _f(0, "SplitBatchNorm sub-batches emulating multi-GPU BN in one process "
                            "(0: 8 in a single process, off under torchrun)")
     aug: str = _f("v1", "augmentation: 'v1' (MoCo v1/InstDisc) or 'v2' (aug+, with Gaussian blur)")
+    crop_min_scale: float = _f(0.2, "smallest RandomResizedCrop area fraction (reference: 0.2; larger values "
+                                    "ease very short CPU runs)")
     # optimisation
     epochs: int = _f(200, "number of epochs")
     batch_size: int = _f(256, "global batch size, summed over all processes")
@@ -66,6 +68,15 @@ class PretrainConfig:
     concentration_alpha: float = _f(10.0, "pcl: alpha in phi = mean distance / log(Z + alpha)")
     kmeans_iters: int = _f(20, "pcl: Lloyd iterations of each k-means")
     kmeans_restarts: int = _f(5, "pcl: k-means restarts; the lowest objective is kept")
+    # labels (CLOP, semi-supervised SupCon)
+    label_fraction: float | None = _f(None, "clop, supcon, supcon_clop, --clop: keep the labels of this "
+                                            "fraction of the training images (a seeded subset saved as "
+                                            "label_subset.json in the run folder); all others are unlabelled")
+    label_balanced: bool = _f(True, "draw the labelled subset class-balanced; --no-label-balanced: a uniform "
+                                    "draw over all images, as the CLOP code does")
+    clop: bool = _f(False, "add the CLOP term (pull labelled projection outputs to fixed orthonormal class "
+                           "prototypes; needs --label-fraction and --dim >= classes) to any method")
+    clop_weight: float = _f(1.0, "CLOP: weight lambda of the prototype term")
     # run
     out: str = _f("runs", "parent folder of run folders")
     name: str | None = _f(None, "run folder name (default: <method>_<dataset>)")
@@ -101,6 +112,9 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "pcl_v2": {"head": "mlp", "temperature": 0.2, "aug": "v2", "cos": True, "queue": 16384},
     "instdisc": {"head": "linear", "temperature": 0.07, "aug": "v1", "cos": False, "queue": 4096},
     "simclr": {"head": "mlp", "temperature": 0.1, "aug": "v2", "cos": True},
+    "clop": {"head": "mlp", "temperature": 0.1, "aug": "v2", "cos": True},
+    "supcon": {"head": "mlp", "temperature": 0.1, "aug": "v2", "cos": True},
+    "supcon_clop": {"head": "mlp", "temperature": 0.1, "aug": "v2", "cos": True},
 }
 
 # Small-scale settings. 'shapes' is sized to finish in about 5 minutes on 2 CPU cores (so that the full demo,
@@ -123,7 +137,8 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
     "cifar100": _CIFAR,
 }
 SCALE_METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
-    "simclr": {"temperature": 0.5},  # small batches need a softer NT-Xent temperature
+    # small batches need a softer NT-Xent temperature
+    **{m: {"temperature": 0.5} for m in ("simclr", "clop", "supcon", "supcon_clop")},
 }
 DEFAULT_TEST_SPLIT = {"imagenet": "val", "stl10": "test"}
 
@@ -155,11 +170,16 @@ def set_world(cfg: PretrainConfig, world_size: int) -> None:
         cfg.bn_splits = 8 if world_size == 1 else 1
 
 
-def validate(cfg: PretrainConfig, num_samples: int, world_size: int) -> None:
-    """Check the constraints that would otherwise fail hours into a run; raise UsageError naming the fix."""
+def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes: int | None = None) -> None:
+    """Check the constraints that would otherwise fail hours into a run; raise UsageError naming the fix.
+
+    ``num_classes`` (of the training set) is needed to check that CLOP's prototypes fit in ``--dim``.
+    """
     from .concentration import CONCENTRATIONS
     from .data.augment import AUGMENTATIONS
-    from .methods import METHODS
+    from .losses.clop import check_prototypes_fit
+    from .methods import METHODS, method_class
+    from .methods.clop import CLOPTerm
     from .methods.momentum import MomentumContrast
     from .methods.pcl import PCL
     from .models import ARCHS, HEADS, STEMS
@@ -174,7 +194,7 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int) -> None:
     local_b = cfg.batch_size // world_size
     if cfg.batch_size > num_samples:
         raise UsageError(f"--batch-size {cfg.batch_size} is larger than the {num_samples} training images")
-    method = METHODS[cfg.method]
+    method = method_class(cfg)  # with the CLOP term mixed in under --clop
     if issubclass(method, MomentumContrast) and cfg.queue % cfg.batch_size:
         raise UsageError(f"--queue {cfg.queue} is not a multiple of the global batch {cfg.batch_size}; "
                          f"use e.g. --queue {cfg.batch_size * max(1, cfg.queue // cfg.batch_size)}")
@@ -193,3 +213,18 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int) -> None:
         raise UsageError(f"the per-process batch {local_b} is not divisible by --bn-splits {cfg.bn_splits}")
     if cfg.subset_per_class is not None and cfg.subset_per_class < 1:
         raise UsageError("--subset-per-class must be positive")
+    validate_labels(cfg, method)
+    if issubclass(method, CLOPTerm) and num_classes is not None:
+        check_prototypes_fit(num_classes, cfg.dim)
+
+
+def validate_labels(cfg: PretrainConfig, method: type) -> None:
+    """``--label-fraction`` is required by, and only accepted for, methods that train with labels."""
+    flags = f"--method {cfg.method}" + (" --clop" if cfg.clop else "")
+    if method.uses_labels and cfg.label_fraction is None:
+        raise UsageError(f"{flags} trains with labels; pass --label-fraction, e.g. 0.1 (1 keeps every label)")
+    if not method.uses_labels and cfg.label_fraction is not None:
+        raise UsageError(f"--label-fraction applies only to methods that train with labels (clop, supcon, "
+                         f"supcon_clop, or any method with --clop); drop it or add --clop to {flags}")
+    if cfg.label_fraction is not None and not 0 < cfg.label_fraction <= 1:
+        raise UsageError(f"--label-fraction must be in (0, 1], e.g. 0.1; got {cfg.label_fraction}")

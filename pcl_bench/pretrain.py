@@ -207,6 +207,21 @@ def cluster_epoch(model: Method, cluster_loader, n: int, cfg: PretrainConfig, de
     return clusters, timing, stats
 
 
+def partial_labels(cfg: PretrainConfig, ds: Dataset) -> torch.Tensor:
+    """Class of each training sample (N,) long, -1 outside the labelled subset of ``cfg.label_fraction``.
+
+    The subset is drawn once (seeded; every rank draws the same one) and saved as ``label_subset.json`` in the
+    run folder, in the semi-supervised evaluation's subset format; a resumed run reloads it.
+    """
+    from .semisup import load_or_draw_subset  # semisup imports this module
+    targets = np.asarray(ds.targets)
+    keep = load_or_draw_subset(cfg.run_dir / "label_subset.json", targets, cfg.label_fraction, cfg.seed,
+                               cfg.label_balanced)
+    labels = torch.full((len(targets),), -1, dtype=torch.long)
+    labels[keep] = torch.from_numpy(targets[keep]).long()
+    return labels
+
+
 def dataset_labels(ds: Dataset) -> dict[str, np.ndarray]:
     labels = {"fine": np.asarray(ds.targets)}
     if getattr(ds, "coarse_targets", None) is not None:
@@ -222,18 +237,21 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     D.init(device.type)
     set_world(cfg, D.world_size())
     base = load_dataset(cfg, cfg.train_split)
-    validate(cfg, len(base), D.world_size())
+    validate(cfg, len(base), D.world_size(), num_classes=len(base.classes))
     if D.is_main():
         prepare_run_dir(cfg)
     D.barrier()
     size = image_size(cfg, base)
     method_cls = METHODS[cfg.method]
-    aug = pretrain_transform(cfg.aug, size)
+    aug = pretrain_transform(cfg.aug, size, cfg.crop_min_scale)
     train_set = with_transform(base, TwoCropsTransform(aug) if method_cls.num_views == 2 else aug)
     cluster_set = with_transform(base, eval_transform(size))
 
     seed_epoch(cfg.seed, 0, 0)  # identical initial weights and queue on every rank
-    model = build_method(cfg, len(base)).to(device)
+    model = build_method(cfg, len(base))
+    if model.uses_labels:
+        model.attach_labels(partial_labels(cfg, base), len(base.classes), cfg)
+    model = model.to(device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                 momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
     start_epoch = load_checkpoint(cfg, model, optimizer) if cfg.resume else 0

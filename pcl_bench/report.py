@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -25,7 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: PNGs render with Agg and no global backend state
 from sklearn.manifold import TSNE
 
-from .atomic import write_text
+from .atomic import save_figure, write_text
 from .cluster_stats import SIZE_BINS
 from .errors import UsageError
 from .paths import repo_path
@@ -172,20 +171,6 @@ def to_markdown(frame: pd.DataFrame, title: str, caption: str) -> str:
 # ---------------------------------------------------------------------------------------------- figures
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    """Write the PNG to a temporary file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def plot_lowshot(measured: pd.DataFrame, paper: pd.DataFrame, path: Path) -> Path | None:
     """Score vs k (log2 axis), one panel per dataset; measured rows solid with a ±std band, paper dashed.
     ``measured`` holds low-shot store rows with a ``checkpoint`` label column; ``full`` is left out."""
@@ -214,7 +199,7 @@ def plot_lowshot(measured: pd.DataFrame, paper: pd.DataFrame, path: Path) -> Pat
                                   | set(paper.loc[paper["dataset"] == dataset, "metric"])))
         ax.set(title=dataset, xlabel="labelled images per class k", ylabel=metrics)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _load_features(file: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None, str]:
@@ -262,7 +247,7 @@ def plot_tsne(features_dir: Path | None, path: Path, max_points: int = TSNE_POIN
         ax.set(title=title, xticks=[], yticks=[])
         if len(np.unique(labels)) <= 20:  # beyond that a legend hides the plot
             ax.legend(fontsize=6, markerscale=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _cluster_rows(metrics: Path) -> list[dict]:
@@ -326,7 +311,7 @@ def plot_cluster_sizes(runs_dir: Path | None, path: Path) -> Path | None:
     ax.set(xlabel="cluster size (images)", ylabel="number of clusters",
            title="Cluster sizes with fixed vs estimated concentration")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15))  # below: the bars fill the axes
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------- report

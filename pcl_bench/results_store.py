@@ -20,7 +20,7 @@ import pandas as pd
 
 from .provenance import provenance
 
-PROTOCOLS = ("lowshot", "linear", "knn", "semisup", "ami", "detection")
+PROTOCOLS = ("lowshot", "linear", "knn", "semisup", "ami", "detection", "collapse")
 REQUIRED = ("method", "checkpoint", "checkpoint_sha256", "arch", "dataset", "train_split", "test_split",
             "protocol", "setting", "metric", "mean", "std", "n_runs", "seeds")
 OPTIONAL = {"variant": "", "params": {}}

@@ -24,10 +24,18 @@ def register(*names: str):
     return wrap
 
 
-def build_method(cfg: PretrainConfig, num_samples: int) -> Method:
+def method_class(cfg: PretrainConfig) -> type[Method]:
+    """The class of ``--method``, with the CLOP term mixed in when ``--clop`` is set."""
     if cfg.method not in METHODS:
         raise UsageError(f"unknown --method {cfg.method!r}; choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[cfg.method].from_config(cfg, num_samples)
+    if not cfg.clop:
+        return METHODS[cfg.method]
+    from .clop import with_clop  # clop builds on this module
+    return with_clop(METHODS[cfg.method])
+
+
+def build_method(cfg: PretrainConfig, num_samples: int) -> Method:
+    return method_class(cfg).from_config(cfg, num_samples)
 
 
 class Method(nn.Module):
@@ -35,10 +43,12 @@ class Method(nn.Module):
 
     ``views`` is a list of ``num_views`` image batches (B, 3, H, W); ``index`` (B,) the dataset indices.
     ``encoder_q`` is the network whose backbone is evaluated; ``clustering_encoder`` the one whose
-    embeddings the E-step clusters (``None`` when the method does not cluster).
+    embeddings the E-step clusters (``None`` when the method does not cluster). A method with ``uses_labels``
+    gets the training labels from :meth:`attach_labels` before training.
     """
 
     num_views: int = 2
+    uses_labels: bool = False
     encoder_q: nn.Module
 
     @classmethod
@@ -48,6 +58,12 @@ class Method(nn.Module):
     @property
     def clustering_encoder(self) -> nn.Module | None:
         return None
+
+    def attach_labels(self, labels: torch.Tensor, num_classes: int, cfg: PretrainConfig) -> None:
+        """Keep ``labels`` (N,) long, the class of each training sample or -1 if unlabelled, as the buffer
+        ``labels`` (indexed with the batch ``index``). Not saved in checkpoints: the engine rebuilds it from
+        the run's label-subset file, so a resumed run sees the same labels."""
+        self.register_buffer("labels", labels.long(), persistent=False)
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor,
                 clusters: ClusterResult | None = None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,85 @@
+"""CLOP and semi-supervised SupCon (``clop_reference.md`` §1): contrastive learning with partial labels.
+
+- ``supcon``: :class:`SemiSupCon` over the two views of every image in the global batch;
+- ``clop``: SimCLR's NT-Xent + lambda * CLOP; ``supcon_clop``: semi-supervised SupCon + lambda * CLOP;
+- ``--clop`` adds the CLOP term to any other method (moco_v2, pcl, pcl_v2, ...) through :func:`with_clop`.
+
+Labels come from the engine (:meth:`Method.attach_labels`): a seeded subset of ``--label-fraction`` of the
+training images keeps its class, every other image is unlabelled (-1) and sees only the method's own loss.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from .. import distributed as D
+from ..losses.clop import CLOPLoss, orthonormal_prototypes
+from ..losses.supcon import SemiSupCon
+from ..models import encoder_from_config
+from .base import METHODS, Method, register, top1
+from .simclr import SimCLR
+
+
+class CLOPTerm(Method):
+    """Mixin adding lambda * :class:`CLOPLoss` on the query encoder's projection outputs to a method's loss.
+
+    The term needs the projection outputs ``encoder_q`` computes during the method's own forward (both views
+    for SimCLR / SupCon, the query view for MoCo / PCL, whose key view has no gradient). A forward hook on
+    ``encoder_q``, active only during this forward, collects them, so no method has to be changed to expose
+    them. The prototypes (buffer ``clop_loss.prototypes``, (k, dim)) are drawn from ``--seed`` once the number
+    of classes is known (:meth:`attach_labels`) and saved in checkpoints.
+    """
+
+    uses_labels = True
+    clop_loss: CLOPLoss
+
+    def attach_labels(self, labels: torch.Tensor, num_classes: int, cfg) -> None:
+        super().attach_labels(labels, num_classes, cfg)
+        self.clop_loss = CLOPLoss(orthonormal_prototypes(num_classes, cfg.dim, cfg.seed), cfg.clop_weight)
+
+    def forward(self, views, index, clusters=None):
+        embeddings: list[torch.Tensor] = []
+        hook = self.encoder_q.register_forward_hook(lambda _module, _inputs, z: embeddings.append(z))
+        try:
+            out = super().forward(views, index, clusters)
+        finally:
+            hook.remove()
+        l_clop = self.clop_loss(embeddings, self.labels[index])
+        return {**out, "loss": out["loss"] + l_clop, "loss_clop": l_clop.detach()}
+
+
+@functools.cache
+def with_clop(method: type[Method]) -> type[Method]:
+    """``method`` with :class:`CLOPTerm` mixed in (``method`` itself if it already has it)."""
+    if issubclass(method, CLOPTerm):
+        return method
+    return type(f"{method.__name__}CLOP", (CLOPTerm, method), {"__doc__": f"{method.__name__} + CLOP."})
+
+
+@register("supcon")
+class SupCon(Method):
+    """Semi-supervised SupCon on one encoder: labelled images of a class are each other's positives."""
+
+    uses_labels = True
+
+    def __init__(self, encoder, temperature: float = 0.5):
+        super().__init__()
+        self.encoder_q = encoder
+        self.loss_fn = SemiSupCon(temperature)
+
+    @classmethod
+    def from_config(cls, cfg, num_samples: int):
+        return cls(encoder_from_config(cfg), cfg.temperature)
+
+    def forward(self, views, index, clusters=None):
+        z1, z2 = (F.normalize(self.encoder_q(v), dim=1) for v in views)
+        y = self.labels[index]
+        loss, logits, target = self.loss_fn(z1, z2, y, D.all_gather_with_grad(z1), D.all_gather_with_grad(z2),
+                                            D.all_gather(y), offset=D.rank() * z1.shape[0])
+        return {"loss": loss, "acc_inst": top1(logits, target)}
+
+
+METHODS["clop"] = with_clop(SimCLR)
+METHODS["supcon_clop"] = with_clop(SupCon)
