@@ -6,7 +6,7 @@ command-line flags, runs the protocol and appends one row per (setting, metric) 
 are appended only at the end, so a failed evaluation writes nothing.
 
 Every protocol reads frozen features through the content-keyed cache (:mod:`pcl_bench.feature_cache`), except
-the full linear probe and semi-supervised fine-tuning, which need images.
+the full linear probe, semi-supervised fine-tuning and detection transfer, which need images.
 """
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ from torch.utils.data import Dataset, Subset
 
 from .ami import cluster_quality
 from .atomic import save_npz
-from .checkpoints import load_backbone
+from .checkpoints import load_backbone, require_arch
 from .data import build_dataset
 from .data.augment import eval_transform
+from .detection import METRICS, DetectionConfig, detection_datasets, transfer_runs
 from .errors import UsageError
 from .feature_cache import cached_features
 from .knn import knn_accuracy
@@ -43,7 +44,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PROTOCOLS = ("lowshot", "linear", "knn", "semisup", "ami")
+PROTOCOLS = ("lowshot", "linear", "knn", "semisup", "ami", "detection")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -238,8 +239,22 @@ def run_ami(ev: Evaluation) -> list[Result]:
     return rows
 
 
+def run_detection(ev: Evaluation) -> list[Result]:
+    """Faster R-CNN transfer (:mod:`pcl_bench.detection`); the spec's ``arch``, if set, is required."""
+    s = ev.spec
+    if s.get("arch"):
+        require_arch(ev.info, s["arch"], f"detection on {ev.dataset} (the paper's R50-FPN recipe)")
+    train, test = detection_datasets(ev.dataset, ev.data_root, s["train_split"], s["test_split"])
+    cfg = DetectionConfig.from_spec(s)
+    log_dir = ev.results_dir / "logs" / f"detection_{ev.dataset}_{ev.info['sha256'][:8]}_{cfg.digest()}"
+    out = transfer_runs(ev.net, train, test, cfg, s["runs"], log_dir, ev.device, ev.workers)
+    return [{"setting": "", "metric": m, "mean": out[m][0], "std": out[m][1], "n_runs": len(out["seeds"]),
+             "seeds": out["seeds"]} for m in METRICS]
+
+
 RUNNERS: dict[str, Callable[[Evaluation], list[Result]]] = {
-    "lowshot": run_lowshot, "linear": run_linear, "knn": run_knn, "semisup": run_semisup, "ami": run_ami}
+    "lowshot": run_lowshot, "linear": run_linear, "knn": run_knn, "semisup": run_semisup, "ami": run_ami,
+    "detection": run_detection}
 
 
 def evaluate(protocol: str, dataset: str, checkpoint: str, data_root: str | None = None, *,
