@@ -177,15 +177,10 @@ def run_linear(ev: Evaluation) -> list[Result]:
     else:
         train = ev.split("train_split", train_transform(s["image_size"]))
         test = ev.split("test_split", eval_transform(s["image_size"]))
-        res = train_linear(ev.net, feature_dim_of(ev.net, s["image_size"]), train, test, _num_classes(train),
+        res = train_linear(ev.net, feature_dim(ev.net), train, test, _num_classes(train),
                            cfg, log_dir)
     return [{"setting": "", "metric": m, "mean": res[m], "std": 0.0, "n_runs": 1, "seeds": [s["seed"]]}
             for m in ("top1", "top5")]
-
-
-def feature_dim_of(net: torch.nn.Module, size: int) -> int:
-    """Width of the backbone output (fc = Identity)."""
-    return feature_dim(net) if hasattr(net, "inplanes") else int(net(torch.zeros(1, 3, size, size)).shape[1])
 
 
 def run_knn(ev: Evaluation) -> list[Result]:
@@ -219,7 +214,7 @@ def run_semisup(ev: Evaluation) -> list[Result]:
                                          batch_size=s["batch_size"], seed=s["seed"], workers=ev.workers,
                                          device=ev.device.type)
         log_dir = ev.results_dir / "logs" / f"semisup_{ev.dataset}_{fraction:g}_{ev.info['sha256'][:8]}"
-        res = fine_tune(copy.deepcopy(ev.net), feature_dim_of(ev.net, s["image_size"]), Subset(train, idx),
+        res = fine_tune(copy.deepcopy(ev.net), feature_dim(ev.net), Subset(train, idx),
                         test, _num_classes(train), cfg, log_dir)
         rows += [{"setting": f"fraction={fraction:g}", "metric": m, "mean": res[m], "std": 0.0, "n_runs": 1,
                   "seeds": [s["seed"]]} for m in ("top1", "top5")]
