@@ -51,17 +51,19 @@ PROTOCOLS = ("lowshot", "linear", "knn", "semisup", "ami", "detection")
 # Specs
 
 
+def _specs(spec_dir: Path | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """Every ``(path, parsed spec)`` in ``spec_dir`` (default: the repository's ``protocols/``), by name."""
+    return [(p, tomllib.loads(p.read_text())) for p in sorted((spec_dir or repo_path("protocols")).glob("*.toml"))]
+
+
 def find_spec(protocol: str, dataset: str, spec_dir: Path | None = None) -> Path:
     """The spec file of ``protocol`` whose ``datasets`` list contains ``dataset``."""
-    spec_dir = spec_dir or repo_path("protocols")
-    candidates = []
-    for path in sorted(spec_dir.glob("*.toml")):
-        spec = tomllib.loads(path.read_text())
-        if spec.get("protocol") == protocol:
-            candidates.append(path.name)
-            if dataset in spec.get("datasets", []):
-                return path
-    raise UsageError(f"no {protocol} protocol spec lists dataset {dataset!r} (specs: {', '.join(candidates)}); "
+    candidates = [(path, spec) for path, spec in _specs(spec_dir) if spec.get("protocol") == protocol]
+    for path, spec in candidates:
+        if dataset in spec.get("datasets", []):
+            return path
+    raise UsageError(f"no {protocol} protocol spec lists dataset {dataset!r} "
+                     f"(specs: {', '.join(p.name for p, _ in candidates)}); "
                      f"add it to a spec's datasets or pass --spec FILE")
 
 
@@ -280,7 +282,7 @@ def evaluate(protocol: str, dataset: str, checkpoint: str, data_root: str | None
 
 def protocols_for(dataset: str) -> list[str]:
     """Every protocol with a spec that lists ``dataset``, in the order of ``PROTOCOLS``."""
-    specs = [tomllib.loads(p.read_text()) for p in sorted(repo_path("protocols").glob("*.toml"))]
+    specs = [spec for _, spec in _specs()]
     found = [p for p in PROTOCOLS if any(s.get("protocol") == p and dataset in s.get("datasets", []) for s in specs)]
     if not found:
         raise UsageError(f"no protocol spec lists dataset {dataset!r}")

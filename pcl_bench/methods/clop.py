@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from .. import distributed as D
 from ..losses.clop import CLOPLoss, orthonormal_prototypes
 from ..losses.supcon import SemiSupCon
-from ..models import encoder_from_config
 from .base import METHODS, Method, register, top1
 from .simclr import SimCLR
 
@@ -59,19 +58,11 @@ def with_clop(method: type[Method]) -> type[Method]:
 
 
 @register("supcon")
-class SupCon(Method):
+class SupCon(SimCLR):
     """Semi-supervised SupCon on one encoder: labelled images of a class are each other's positives."""
 
     uses_labels = True
-
-    def __init__(self, encoder, temperature: float = 0.5):
-        super().__init__()
-        self.encoder_q = encoder
-        self.loss_fn = SemiSupCon(temperature)
-
-    @classmethod
-    def from_config(cls, cfg, num_samples: int):
-        return cls(encoder_from_config(cfg), cfg.temperature)
+    loss_cls = SemiSupCon
 
     def forward(self, views, index, clusters=None):
         z1, z2 = (F.normalize(self.encoder_q(v), dim=1) for v in views)

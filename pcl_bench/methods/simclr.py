@@ -13,10 +13,12 @@ from .base import Method, register, top1
 class SimCLR(Method):
     """One encoder for both views; negatives are the other 2N - 2 views of the batch (all ranks)."""
 
+    loss_cls = NTXent
+
     def __init__(self, encoder, temperature: float = 0.5):
         super().__init__()
         self.encoder_q = encoder
-        self.loss_fn = NTXent(temperature)
+        self.loss_fn = self.loss_cls(temperature)
 
     @classmethod
     def from_config(cls, cfg, num_samples: int):
