@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -41,16 +40,6 @@ from pcl_bench.provenance import provenance
 RESULTS = Path(__file__).parent / "results" / "short_run_probe.jsonl"
 
 
-def muted_colour(max_saturation: float):
-    """``shapes._random_colour`` with saturation drawn from [0, max_saturation] instead of [0, 0.5]."""
-    def colour(rng: np.random.Generator) -> np.ndarray:
-        h, s, v = rng.uniform(), rng.uniform(0, max_saturation), rng.uniform(0.12, 1.0)
-        i, f = int(h * 6) % 6, h * 6 - int(h * 6)
-        p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-        return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
-    return colour
-
-
 def configure_shapes(args: argparse.Namespace) -> dict:
     """Apply the ``--shapes-*`` options to the generator; returns the changed settings."""
     changed = {k: v for k, v in vars(args).items() if k.startswith("shapes_") and v is not None}
@@ -63,7 +52,7 @@ def configure_shapes(args: argparse.Namespace) -> dict:
     if args.shapes_textured is not None:
         shapes.TEXTURED = args.shapes_textured
     if args.shapes_saturation is not None:
-        shapes._random_colour = muted_colour(args.shapes_saturation)
+        shapes.MAX_SATURATION = args.shapes_saturation
     if changed:  # a variant gets its own cache files
         shapes.GENERATOR_VERSION = f"{shapes.GENERATOR_VERSION}-" + "-".join(f"{k[7:]}{v}" for k, v in changed.items())
     return changed

@@ -72,6 +72,7 @@ TEXTURED = 0.3  # share of images with a textured background; the rest get a wea
 DIAMETER = (0.35, 0.75)  # shape diameter range, as a fraction of the image side
 OUTLINE_ONLY = 0.25  # share of shapes drawn as a thick outline instead of filled
 MAX_CLUTTER = 3  # distractors per image: 0..MAX_CLUTTER
+MAX_SATURATION = 0.5  # colours are muted: see _random_colour
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -166,11 +167,11 @@ def _outline(label: int, rng: np.random.Generator) -> np.ndarray:
 def _random_colour(rng: np.random.Generator) -> np.ndarray:
     """Random RGB (3,) from HSV: any hue, muted saturation, wide value range (greys included).
 
-    Saturation stays <= 0.5 so that the colour jitter of contrastive augmentations can blur colour
+    Saturation stays <= MAX_SATURATION (0.5) so that the colour jitter of contrastive augmentations can blur colour
     identity: with vivid random hues, colour alone would tell instances apart and be learnt instead
     of shape.
     """
-    h, s, v = rng.uniform(), rng.uniform(0, 0.5), rng.uniform(0.12, 1.0)
+    h, s, v = rng.uniform(), rng.uniform(0, MAX_SATURATION), rng.uniform(0.12, 1.0)
     i, f = int(h * 6) % 6, h * 6 - int(h * 6)
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
     return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
