@@ -2,7 +2,10 @@
 
 Recipe: the PCL paper's appendix E (:class:`SemisupConfig`): SGD, batch 256, momentum 0.9, weight decay 5e-4,
 lr 0.01 for the backbone and 0.1 (10% labels) or 1.0 (1% labels) for the new classifier, 20 epochs, both lrs
-x0.2 at epochs 12 and 16. The network is in train mode, so BN statistics are updated. Training images use
+x0.2 at epochs 12 and 16. The lrs are the recipe's for batch 256; another batch size scales both by
+batch / 256 (the linear scaling rule of Goyal et al. 2017): with the unscaled lrs at batch 64, the
+small-scale spec's batch, fine-tuning on ``shapes`` diverged (train loss 7-11) and every encoder, trained or
+random, ended at chance. The network is in train mode, so BN statistics are updated. Training images use
 RandomResizedCrop + flip (:func:`pcl_bench.linear_probe.train_transform`), test images the centre crop.
 The code the PCL author points to (MoPro ``finetune_imagenet.py``) differs: one lr 0.005 for all
 parameters, weight decay 0, 40 epochs, x0.2 at 20 and 30; we follow the paper. Deliberate changes, both
@@ -44,6 +47,7 @@ from .linear_probe import (
 from .pretrain import resolve_device
 
 SUBSET_KEYS = ("fraction", "seed", "balanced", "dataset_size")
+REFERENCE_BATCH = 256  # the batch of the paper's recipe; its lrs scale linearly with the batch
 
 
 def label_subset(targets: np.ndarray, fraction: float, seed: int, balanced: bool = True) -> np.ndarray:
@@ -116,6 +120,9 @@ def load_or_draw_subset(path: str | Path, targets: np.ndarray, fraction: float, 
 class SemisupConfig:
     """The PCL paper's fine-tuning recipe (appendix E); ``for_fraction`` sets the classifier lr.
 
+    ``lr_backbone`` and ``lr_classifier`` are for batch ``REFERENCE_BATCH`` (256); :func:`make_optimizer`
+    scales them by ``batch_size / 256``.
+
     ``device``: "auto", "cuda" or "cpu"; ``workers``: DataLoader worker processes.
     """
 
@@ -149,11 +156,12 @@ class SemisupConfig:
 
 
 def make_optimizer(backbone: nn.Module, fc: nn.Linear, cfg: SemisupConfig) -> torch.optim.SGD:
-    """SGD with param groups "backbone" (lr_backbone) and "classifier" (lr_classifier)."""
+    """SGD with param groups "backbone" (lr_backbone) and "classifier" (lr_classifier), both x batch / 256."""
+    scale = cfg.batch_size / REFERENCE_BATCH
     return torch.optim.SGD([
-        {"params": backbone.parameters(), "lr": cfg.lr_backbone, "name": "backbone"},
-        {"params": fc.parameters(), "lr": cfg.lr_classifier, "name": "classifier"},
-    ], lr=cfg.lr_backbone, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        {"params": backbone.parameters(), "lr": cfg.lr_backbone * scale, "name": "backbone"},
+        {"params": fc.parameters(), "lr": cfg.lr_classifier * scale, "name": "classifier"},
+    ], lr=cfg.lr_backbone * scale, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def fine_tune(backbone: nn.Module, feat_dim: int, train_set: Dataset, test_set: Dataset, num_classes: int,

@@ -117,6 +117,8 @@ def test_optimizer_groups():
     assert len(g_backbone["params"]) == len(params) and all(p is q for p, q in zip(g_backbone["params"], params))
     assert g_fc["params"] == [fc.weight, fc.bias]
     assert (g_backbone["lr"], g_fc["lr"]) == (0.01, 1.0)
+    small = make_optimizer(backbone, fc, SemisupConfig.for_fraction(0.1, batch_size=64))
+    assert [g["lr"] for g in small.param_groups] == pytest.approx([0.0025, 0.025])
     assert all(g["momentum"] == 0.9 and g["weight_decay"] == 5e-4 for g in opt.param_groups)
 
 
@@ -131,6 +133,6 @@ def test_fine_tune_updates_backbone_and_steps_both_lrs(tmp_path):
     assert not torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])
     hist = out["history"]
     lrs = [lr for r in hist for lr in (r["lr_backbone"], r["lr_classifier"])]
-    assert lrs == pytest.approx([0.01, 1.0, 0.002, 0.2])
+    assert lrs == pytest.approx([x * 8 / 256 for x in (0.01, 1.0, 0.002, 0.2)])  # linear scaling to batch 8
     assert "test_top1" not in hist[0] and 0.0 <= out["top1"] <= out["top5"] == 100.0
     assert len(list(csv.DictReader((tmp_path / "semisup.csv").open()))) == 2
