@@ -117,9 +117,9 @@ def test_optimizer_groups():
     assert len(g_backbone["params"]) == len(params) and all(p is q for p, q in zip(g_backbone["params"], params))
     assert g_fc["params"] == [fc.weight, fc.bias]
     assert (g_backbone["lr"], g_fc["lr"]) == (0.01, 1.0)
+    assert all(g["momentum"] == 0.9 and g["weight_decay"] == 5e-4 for g in opt.param_groups)
     small = make_optimizer(backbone, fc, SemisupConfig.for_fraction(0.1, batch_size=64))
     assert [g["lr"] for g in small.param_groups] == pytest.approx([0.0025, 0.025])
-    assert all(g["momentum"] == 0.9 and g["weight_decay"] == 5e-4 for g in opt.param_groups)
 
 
 def test_fine_tune_updates_backbone_and_steps_both_lrs(tmp_path):
