@@ -158,10 +158,11 @@ class SemisupConfig:
 def make_optimizer(backbone: nn.Module, fc: nn.Linear, cfg: SemisupConfig) -> torch.optim.SGD:
     """SGD with param groups "backbone" (lr_backbone) and "classifier" (lr_classifier), both x batch / 256."""
     scale = cfg.batch_size / REFERENCE_BATCH
+    lr_backbone = cfg.lr_backbone * scale
     return torch.optim.SGD([
-        {"params": backbone.parameters(), "lr": cfg.lr_backbone * scale, "name": "backbone"},
+        {"params": backbone.parameters(), "lr": lr_backbone, "name": "backbone"},
         {"params": fc.parameters(), "lr": cfg.lr_classifier * scale, "name": "classifier"},
-    ], lr=cfg.lr_backbone * scale, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    ], lr=lr_backbone, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def fine_tune(backbone: nn.Module, feat_dim: int, train_set: Dataset, test_set: Dataset, num_classes: int,
