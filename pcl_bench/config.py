@@ -88,6 +88,8 @@ class PretrainConfig:
     seed: int = _f(0, "random seed; every epoch's randomness derives from (seed, epoch, rank)")
     device: str = _f("auto", "'auto' (cuda if available), 'cuda' or 'cpu'")
     amp: bool = _f(True, "bfloat16 autocast on GPU (ignored on CPU)")
+    channels_last: bool = _f(True, "train in the channels-last (NHWC) memory format, which oneDNN and cuDNN "
+                                   "convolutions prefer; --no-channels-last keeps PyTorch's default NCHW")
     knn_k: int = _f(20, "final check: number of neighbours of the weighted kNN")
     knn_t: float = _f(0.07, "final check: kNN temperature, weights exp(sim / t)")
     final_knn: bool = _f(True, "after training, print kNN accuracy of the backbone next to a random encoder's")

@@ -43,7 +43,8 @@ from .models import backbone_features, encoder_from_config
 from .provenance import provenance
 
 # Flags that may change when a run is resumed; any other flag must match the run's saved config.
-RESUMABLE = {"epochs", "workers", "device", "log_every", "save_every", "final_knn", "resume", "amp"}
+RESUMABLE = {"epochs", "workers", "device", "log_every", "save_every", "final_knn", "resume", "amp",
+             "channels_last"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -96,6 +97,11 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cuda", "cpu"):
         raise UsageError(f"unknown --device {name!r}; choose auto, cuda or cpu")
     return torch.device(name)
+
+
+def memory_format(cfg: PretrainConfig) -> torch.memory_format:
+    """NHWC under ``--channels-last``: the layout the CPU (oneDNN) and GPU (cuDNN) convolutions run fastest in."""
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -176,7 +182,8 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not D.is_main(), mininterval=2,
                file=sys.stderr, leave=False)
     for step, (views, _, index) in enumerate(bar):
-        views = [v.to(device, non_blocking=True) for v in (views if isinstance(views, list) else [views])]
+        views = [v.to(device, non_blocking=True, memory_format=memory_format(cfg))
+                 for v in (views if isinstance(views, list) else [views])]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(views, index.to(device, non_blocking=True), clusters)
         optimizer.zero_grad(set_to_none=True)
@@ -251,7 +258,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     model = build_method(cfg, len(base))
     if model.uses_labels:
         model.attach_labels(partial_labels(cfg, base), len(base.classes), cfg)
-    model = model.to(device)
+    model = model.to(device, memory_format=memory_format(cfg))
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                 momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
     start_epoch = load_checkpoint(cfg, model, optimizer) if cfg.resume else 0

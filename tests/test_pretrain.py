@@ -45,6 +45,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert {"ami_fine", "ami_coarse", "size_hist", "phi_mean"} <= set(cluster["granularities"][0])
     ckpt = torch.load(run / "last.pt", weights_only=False)
     assert ckpt["epoch"] == 2 and any(k.startswith("encoder_q.") for k in ckpt["state_dict"])
+    assert ckpt["state_dict"]["encoder_q.conv1.weight"].is_contiguous(memory_format=torch.channels_last)
     out = capsys.readouterr().out
     assert "random init" in out and "pcl_v2" in out
     knn = json.loads((run / "knn.json").read_text())["knn"]
