@@ -3,6 +3,8 @@
 Times ``--steps`` SGD steps of one method with its ``--dataset`` preset (encoder, batch, image size, SplitBN)
 on random images in each layout, alternating the layouts in rounds so that both see the same machine load,
 and prints the median step time of each and their ratio. Under bfloat16 autocast on a GPU, as in training.
+PCL methods step without clusters (their warm-up step). The crop size is the preset's ``image_size``, else 224:
+pass ``--set image_size=32`` for CIFAR.
 ``pcl-bench pretrain`` uses channels-last unless ``--no-channels-last``.
 
     python benchmarks/memory_format.py                         # moco_v2, shapes preset, ~2 min on 2 cores
