@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,8 @@ class PretrainConfig:
     overwrite: bool = _f(False, "delete an existing run folder of the same name first")
     save_every: int = _f(5, "also keep checkpoint_<epoch>.pt every this many epochs (last.pt is written every epoch)")
     log_every: int = _f(10, "log step metrics every this many steps")
-    workers: int = _f(4, "data-loading processes per training process")
+    workers: int | None = _f(None, "data-loading processes per training process (default: this node's CPU "
+                                   "cores shared among its training processes, at most 8)")
     seed: int = _f(0, "random seed; every epoch's randomness derives from (seed, epoch, rank)")
     device: str = _f("auto", "'auto' (cuda if available), 'cuda' or 'cpu'")
     amp: bool = _f(True, "bfloat16 autocast on GPU (ignored on CPU)")
@@ -129,7 +131,7 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 # PCL's over-clustering of salesforce/PCL#7 (r = 512, K = 1000/2000/4000).
 _SHAPES = {"arch": "resnet18", "stem": "imagenet", "image_size": 32, "epochs": 5, "batch_size": 128,
            "lr": 0.015, "weight_decay": 5e-4, "moco_m": 0.99, "queue": 4096, "num_cluster": (250, 500, 1000),
-           "proto_negatives": 96, "warmup_epochs": 1, "schedule": (3, 4), "bn_splits": 4, "workers": 2}
+           "proto_negatives": 96, "warmup_epochs": 1, "schedule": (3, 4), "bn_splits": 4}
 _CIFAR = {"arch": "resnet18", "stem": "small", "epochs": 200, "batch_size": 512, "lr": 0.06, "weight_decay": 5e-4,
           "moco_m": 0.99, "queue": 4096, "num_cluster": (1000, 2000, 4000), "proto_negatives": 512,
           "warmup_epochs": 20, "schedule": (120, 160)}
@@ -167,9 +169,13 @@ def resolve(overrides: dict[str, Any]) -> PretrainConfig:
 
 
 def set_world(cfg: PretrainConfig, world_size: int) -> None:
-    """Fill in what depends on the number of processes: ``bn_splits`` 0 means 8 alone, off under torchrun."""
+    """Fill in what depends on the machine and the number of processes: ``bn_splits`` 0 means 8 alone and off
+    under torchrun; ``workers`` None means the node's CPU cores per training process, between 1 and 8."""
     if cfg.bn_splits == 0:
         cfg.bn_splits = 8 if world_size == 1 else 1
+    if cfg.workers is None:
+        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        cfg.workers = max(1, min(8, (os.cpu_count() or 1) // processes_here))
 
 
 def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes: int | None = None) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from pcl_bench import pretrain as engine
 from pcl_bench.cli import main
+from pcl_bench.config import resolve, set_world
 
 # 120 images at 32 px, batch 16: a few seconds per epoch on 2 CPU cores.
 TINY = ["--subset-per-class", "12", "--image-size", "32", "--batch-size", "16", "--queue", "32",
@@ -173,3 +174,20 @@ def test_e_step_flags_reach_the_clustering(tmp_path, monkeypatch):
     assert all(torch.allclose(d, torch.full_like(d, 0.3)) for d in clusters["density"])
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert ckpt["config"]["proto_negatives"] == 6
+
+
+@pytest.mark.parametrize("cores, local_processes, expected", [(2, None, 2), (1, None, 1), (16, None, 8),
+                                                                (16, "4", 4), (16, "32", 1)])
+def test_default_workers_share_the_node_cores(monkeypatch, cores, local_processes, expected):
+    """--workers unset: CPU cores per training process on this node (torchrun's LOCAL_WORLD_SIZE), 1 to 8."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    if local_processes:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_processes)
+    else:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cfg = resolve({"method": "moco_v2"})
+    set_world(cfg, 1)
+    assert cfg.workers == expected
+    cfg = resolve({"method": "moco_v2", "workers": 3})
+    set_world(cfg, 1)
+    assert cfg.workers == 3  # an explicit value is kept
