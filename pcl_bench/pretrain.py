@@ -178,12 +178,11 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
     model.train()
     sums: dict[str, float] = defaultdict(float)
     steps = len(loader)
-    amp = cfg.amp and device.type == "cuda"
+    amp, fmt = cfg.amp and device.type == "cuda", memory_format(cfg)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not D.is_main(), mininterval=2,
                file=sys.stderr, leave=False)
     for step, (views, _, index) in enumerate(bar):
-        views = [v.to(device, non_blocking=True, memory_format=memory_format(cfg))
-                 for v in (views if isinstance(views, list) else [views])]
+        views = [v.to(device, non_blocking=True, memory_format=fmt) for v in (views if isinstance(views, list) else [views])]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(views, index.to(device, non_blocking=True), clusters)
         optimizer.zero_grad(set_to_none=True)
