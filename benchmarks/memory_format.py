@@ -16,7 +16,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -27,7 +26,7 @@ from pcl_bench.atomic import write_text
 from pcl_bench.config import resolve, set_world
 from pcl_bench.methods import build_method
 from pcl_bench.pretrain import resolve_device
-from pcl_bench.provenance import provenance
+from pcl_bench.provenance import machine, provenance
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -77,9 +76,8 @@ def main() -> None:
             times += [step_seconds(model, opt, x, device) for _ in range(5)]
     median = {name: statistics.median(r[3]) for name, r in runs.items()}
     result = {"method": args.method, "dataset": args.dataset, "arch": cfg.arch, "image_size": size,
-              "batch_size": cfg.batch_size, "bn_splits": cfg.bn_splits, "device": device.type,
-              "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-              "cpu": platform.machine(), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+              "batch_size": cfg.batch_size, "bn_splits": cfg.bn_splits, "device": device.type, **machine(),
+              "cpus": os.cpu_count(),
               "steps_per_layout": len(runs["nchw"][3]),
               **{f"{name}_step_s": s for name, s in median.items()},
               "speedup_channels_last": median["nchw"] / median["channels_last"], **provenance()}

@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from pcl_bench.config import resolve
 from pcl_bench.pretrain import pretrain, resolve_device
-from pcl_bench.provenance import provenance
+from pcl_bench.provenance import machine, provenance
 
 
 def epoch_rows(run_dir: Path) -> list[dict[str, float]]:
@@ -61,8 +58,7 @@ def main() -> None:
     amortised = (0.1 * t_moco + 0.9 * t_pcl) / t_moco  # 20 warm-up epochs of 200 have no E-step
     result = {
         "dataset": args.dataset, "epochs": args.epochs, "device": str(resolve_device(args.device)),
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        **machine(),
         "moco_v2_epoch_s": t_moco, "moco_v2_images_per_s": mean(moco, "images_per_s"),
         "pcl_v2_epoch_s": t_pcl, "pcl_v2_train_s": mean(pcl, "train_s"),
         "pcl_v2_images_per_s": mean(pcl, "images_per_s"),

@@ -1,9 +1,13 @@
-"""Where a result came from: package version and git commit of the code that produced it."""
+"""Where a result came from: package version and git commit of the code that produced it, and, for timings,
+the machine it ran on."""
 from __future__ import annotations
 
 import functools
+import platform
 import subprocess
 from pathlib import Path
+
+import torch
 
 from . import __version__
 
@@ -24,3 +28,9 @@ def git_commit() -> str:
 
 def provenance() -> dict[str, str]:
     return {"version": __version__, "git_commit": git_commit()}
+
+
+def machine() -> dict[str, str | int | None]:
+    """The hardware a timing ran on: CPU, torch's CPU threads and the GPU's name (None without CUDA)."""
+    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
