@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -73,12 +72,15 @@ def test_kill_and_resume_is_exact(tmp_path):
 
     cmd = [sys.executable, "-m", "pcl_bench", "pretrain", *TINY, *args, "--out", str(tmp_path), "--name", "killed"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:  # wait until epoch 2 is checkpointed, then kill inside epoch 3
-        if line.startswith("epoch 2/3"):
-            time.sleep(1.0)
-            proc.send_signal(signal.SIGKILL)
-            break
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Kill as soon as epoch 3's progress bar appears: epoch 2 is checkpointed and epoch 3 is training. No sleep,
+    # so the kill cannot race past the end of a one-second epoch on a fast machine.
+    seen = b""
+    while b"epoch 3/3" not in seen:
+        chunk = proc.stderr.read1(4096)
+        assert chunk, "the run ended before epoch 3 started"
+        seen += chunk
+    proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=120)
     assert proc.returncode == -signal.SIGKILL
     assert torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["epoch"] == 2
