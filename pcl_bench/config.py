@@ -128,12 +128,13 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 # a 4096-key queue with m = 0.99 (the MoCo CIFAR demo's choices), over-clustering of the 5000 images into
 # 250/500/1000 prototypes with r = 96 negative prototypes (r <= K_min - batch), 1 warm-up epoch.
 # CIFAR follows the MoCo CIFAR-10 demo (small stem, batch 512, lr 0.06, wd 5e-4, K = 4096, m = 0.99) with
-# PCL's over-clustering of salesforce/PCL#7 (r = 512, K = 1000/2000/4000).
+# PCL's over-clustering of salesforce/PCL#7 (K = 1000/2000/4000) but r = 256, not #7's 512: a batch of 512 may
+# leave only 1000 - 512 = 488 clusters free to draw negatives from.
 _SHAPES = {"arch": "resnet18", "stem": "imagenet", "image_size": 32, "epochs": 5, "batch_size": 128,
            "lr": 0.015, "weight_decay": 5e-4, "moco_m": 0.99, "queue": 4096, "num_cluster": (250, 500, 1000),
            "proto_negatives": 96, "warmup_epochs": 1, "schedule": (3, 4), "bn_splits": 4}
 _CIFAR = {"arch": "resnet18", "stem": "small", "epochs": 200, "batch_size": 512, "lr": 0.06, "weight_decay": 5e-4,
-          "moco_m": 0.99, "queue": 4096, "num_cluster": (1000, 2000, 4000), "proto_negatives": 512,
+          "moco_m": 0.99, "queue": 4096, "num_cluster": (1000, 2000, 4000), "proto_negatives": 256,
           "warmup_epochs": 20, "schedule": (120, 160)}
 SCALE_PRESETS: dict[str, dict[str, Any]] = {
     "shapes": _SHAPES,

@@ -10,7 +10,7 @@ import torch
 
 from pcl_bench import pretrain as engine
 from pcl_bench.cli import main
-from pcl_bench.config import resolve, set_world
+from pcl_bench.config import SCALE_PRESETS, resolve, set_world, validate
 
 # 120 images at 32 px, batch 16: a few seconds per epoch on 2 CPU cores.
 TINY = ["--subset-per-class", "12", "--image-size", "32", "--batch-size", "16", "--queue", "32",
@@ -124,6 +124,19 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
     assert run_cli(tmp_path, "--epochs", "1", *args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+# (training images, classes) of each dataset that has a small-scale preset
+PRESET_SIZES = {"shapes": (5000, 10), "cifar10": (50000, 10), "cifar100": (50000, 100)}
+
+
+@pytest.mark.parametrize("dataset", sorted(SCALE_PRESETS))
+@pytest.mark.parametrize("method", ["pcl", "pcl_v2", "moco", "moco_v2", "instdisc", "simclr"])
+def test_presets_pass_their_own_checks(dataset, method):
+    """Each documented preset starts as written on its full-size dataset, on one process and on 8."""
+    n, classes = PRESET_SIZES[dataset]
+    for world in (1, 8):
+        validate(resolve({"method": method, "dataset": dataset}), n, world, classes)
 
 
 def test_existing_run_folder_and_resume_conflicts(tmp_path, capsys):
