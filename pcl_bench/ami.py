@@ -2,7 +2,7 @@
 
 The PCL paper (table 7, figure 4) reports the adjusted mutual information (AMI) between ImageNet labels and
 the k-means assignments (K = 25000) of momentum-encoder features of the centre-cropped training images.
-The reference code has no evaluation for it; we cluster exactly as the E-step does (:func:`pcl_bench.e_step.
+The reference code has no evaluation for it; we cluster exactly as the E-step does (:func:`pcl_bench.kmeans.
 kmeans`: L2-normalised features, faiss L2 k-means, 20 iterations, 5 restarts keeping the lowest objective,
 seed = position of K in ``ks`` plus ``seed``, so the default seed reproduces the E-step's clusters) and score
 the assignments with scikit-learn's AMI, NMI (both with the default arithmetic-mean normalisation) and
@@ -17,17 +17,18 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 
-from .e_step import faiss_gpu_available, kmeans
 from .errors import UsageError
+from .kmeans import kmeans, resolve_backend
 
 
 def cluster_quality(features: np.ndarray | torch.Tensor, labels: np.ndarray | Mapping[str, np.ndarray],
                     ks: Sequence[int] = (25000,), seed: int = 0, niter: int = 20, nredo: int = 5,
-                    use_gpu: bool | None = None) -> list[dict]:
+                    device: torch.device | str = "cpu", backend: str = "auto") -> list[dict]:
     """AMI, NMI and ARI of k-means on ``features`` (N, D) for each K in ``ks`` against each label level.
 
-    ``labels``: (N,) class ids (reported as level "label"), or ``{level: (N,) ids}``. ``use_gpu`` None: a
-    faiss GPU index when available. Returns one dict ``{K, level, ami, nmi, ari}`` per (K, level), K-major.
+    ``labels``: (N,) class ids (reported as level "label"), or ``{level: (N,) ids}``. ``device`` and
+    ``backend``: where and how k-means runs (:mod:`pcl_bench.kmeans`). Returns one dict
+    ``{K, level, ami, nmi, ari}`` per (K, level), K-major.
     """
     x = torch.as_tensor(features).float()
     if x.ndim != 2:
@@ -44,10 +45,10 @@ def cluster_quality(features: np.ndarray | torch.Tensor, labels: np.ndarray | Ma
             raise UsageError(f"cannot form K={k} clusters from {n} samples; pass K between 1 and {n}")
     # Normalise exactly as the E-step's feature pass does (F.normalize, eps 1e-12).
     x = np.ascontiguousarray(F.normalize(x, dim=1).numpy())
-    use_gpu = faiss_gpu_available() if use_gpu is None else use_gpu
+    backend = resolve_backend(backend, device)
     rows = []
     for i, k in enumerate(ks):
-        assign, _, _ = kmeans(x, k, seed + i, niter, nredo, use_gpu)
+        assign, _, _ = kmeans(x, k, seed + i, niter, nredo, backend, device)
         for name, y in levels.items():
             rows.append({"K": k, "level": name, "ami": float(adjusted_mutual_info_score(y, assign)),
                          "nmi": float(normalized_mutual_info_score(y, assign)),

@@ -69,6 +69,9 @@ class PretrainConfig:
     concentration_alpha: float = _f(10.0, "pcl: alpha in phi = mean distance / log(Z + alpha)")
     kmeans_iters: int = _f(20, "pcl: Lloyd iterations of each k-means")
     kmeans_restarts: int = _f(5, "pcl: k-means restarts; the lowest objective is kept")
+    kmeans_backend: str = _f("auto", "pcl: k-means implementation: 'faiss' (the reference's; a GPU index with "
+                                     "faiss-gpu), 'torch' (the same algorithm on the training device) or 'auto' "
+                                     "(torch on a CUDA device without faiss-gpu, else faiss)")
     # labels (CLOP, semi-supervised SupCon)
     label_fraction: float | None = _f(None, "clop, supcon, supcon_clop, --clop: keep the labels of this "
                                             "fraction of the training images (a seeded subset saved as "
@@ -186,6 +189,7 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
     """
     from .concentration import CONCENTRATIONS
     from .data.augment import AUGMENTATIONS
+    from .kmeans import KMEANS_BACKENDS
     from .losses.clop import check_prototypes_fit
     from .methods import METHODS, method_class
     from .methods.clop import CLOPTerm
@@ -194,10 +198,10 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
     from .models import ARCHS, HEADS, STEMS
 
     choices = {"method": METHODS, "arch": ARCHS, "stem": STEMS, "head": HEADS, "aug": AUGMENTATIONS,
-               "concentration": CONCENTRATIONS}
+               "concentration": CONCENTRATIONS, "kmeans_backend": KMEANS_BACKENDS}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
-            raise UsageError(f"unknown --{key} {getattr(cfg, key)!r}; choose one of {', '.join(sorted(allowed))}")
+            raise UsageError(f"unknown --{key.replace('_', '-')} {getattr(cfg, key)!r}; choose one of {', '.join(sorted(allowed))}")
     if cfg.batch_size % world_size:
         raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes")
     local_b = cfg.batch_size // world_size
@@ -213,6 +217,8 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
         if max(cfg.num_cluster) > num_samples:
             raise UsageError(f"--num-cluster {max(cfg.num_cluster)} is larger than the {num_samples} training "
                              f"images; use at most {num_samples} prototypes")
+        if cfg.kmeans_iters < 1 or cfg.kmeans_restarts < 1:
+            raise UsageError("--kmeans-iters and --kmeans-restarts must be at least 1")
         r, k_min = cfg.num_negative_prototypes, min(cfg.num_cluster)
         if r > k_min - local_b:
             raise UsageError(f"{r} negative prototypes cannot be drawn from the {k_min} - {local_b} clusters that a "

@@ -3,10 +3,10 @@
 1. Feature pass: the momentum encoder ``encoder_k`` in eval mode over the centre-cropped *training* set (same
    images, same order as training, so ``im2cluster[index]`` aligns with the training loader), L2-normalised,
    head included. Each rank embeds its shard; rows are gathered by dataset index, with no padding duplicates.
-2. k-means, once on global rank 0 and broadcast: for each granularity m, faiss L2 k-means with 20 iterations,
+2. k-means, once on global rank 0 and broadcast: for each granularity m, L2 k-means with 20 iterations,
    5 restarts keeping the lowest objective, random-point initialisation with seed m (the same every epoch),
-   at most 1000 and at least 10 points per centroid (faiss subsamples above 1000 k points).
-   A GPU index is used when faiss-gpu and a GPU are present.
+   at most 1000 points per centroid (:mod:`pcl_bench.kmeans`: faiss as in the reference, or the same
+   algorithm in PyTorch on the GPU when faiss-gpu is missing).
 3. Concentration phi per cluster (:mod:`pcl_bench.concentration`), then the centroids are L2-normalised.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from . import distributed as D
 from .concentration import concentration
+from .kmeans import kmeans
 
 
 @dataclass
@@ -66,51 +67,19 @@ def compute_features(encoder: nn.Module, loader: DataLoader, n: int, device: tor
     return out.cpu()
 
 
-def _faiss_index(dim: int, use_gpu: bool):
-    import faiss
-    if use_gpu:
-        cfg = faiss.GpuIndexFlatConfig()
-        cfg.useFloat16 = False
-        cfg.device = torch.cuda.current_device()
-        return faiss.GpuIndexFlatL2(faiss.StandardGpuResources(), dim, cfg)
-    return faiss.IndexFlatL2(dim)
-
-
-def faiss_gpu_available() -> bool:
-    import faiss
-    return torch.cuda.is_available() and hasattr(faiss, "GpuIndexFlatL2") and faiss.get_num_gpus() > 0
-
-
-def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20, nredo: int = 5,
-           use_gpu: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """faiss L2 k-means with the reference settings.
-
-    x: (N, D) float32. Returns (assignments (N,) int64, squared distances (N,), raw centroids (k, D)).
-    """
-    import faiss
-    clus = faiss.Clustering(x.shape[1], k)
-    clus.verbose = False
-    clus.niter, clus.nredo, clus.seed = niter, nredo, seed
-    clus.max_points_per_centroid, clus.min_points_per_centroid = 1000, 10
-    index = _faiss_index(x.shape[1], use_gpu)
-    clus.train(x, index)
-    dist, assign = index.search(x, 1)  # the index holds the best restart's centroids
-    centroids = faiss.vector_to_array(clus.centroids).reshape(k, x.shape[1])
-    return assign[:, 0].astype(np.int64), dist[:, 0], centroids
-
-
 def run_kmeans(x: np.ndarray, num_cluster: list[int], temperature: float, alpha: float = 10.0,
-               niter: int = 20, nredo: int = 5, fixed_concentration: bool = False,
-               use_gpu: bool = False) -> tuple[ClusterResult, dict[str, float]]:
+               niter: int = 20, nredo: int = 5, fixed_concentration: bool = False, backend: str = "faiss",
+               device: torch.device | str = "cpu") -> tuple[ClusterResult, dict[str, float]]:
     """Cluster ``x`` (N, D) at every granularity; returns the result and seconds spent in k-means and phi.
 
     ``fixed_concentration`` sets phi = tau for every prototype (the paper's ablation) instead of estimating it.
+    ``backend`` and ``device``: see :func:`pcl_bench.kmeans.kmeans`.
     """
     result, timing = ClusterResult([], [], []), {"kmeans_s": 0.0, "phi_s": 0.0}
     x = np.ascontiguousarray(x, dtype=np.float32)
     for seed, k in enumerate(num_cluster):
         t0 = time.perf_counter()
-        assign, dist, centroids = kmeans(x, k, seed, niter, nredo, use_gpu)
+        assign, dist, centroids = kmeans(x, k, seed, niter, nredo, backend, device)
         t1 = time.perf_counter()
         if fixed_concentration:
             phi = np.full(k, temperature, dtype=np.float32)
@@ -143,13 +112,14 @@ def e_step(encoder: nn.Module, loader: DataLoader, n: int, num_cluster: list[int
     """Feature pass on every rank, k-means on rank 0, broadcast. Returns (result, features, timings).
 
     ``features`` (n, D) CPU are returned for clustering statistics. Timings: feature_s, kmeans_s, phi_s.
+    ``kmeans_kwargs`` go to :func:`run_kmeans`; its torch backend runs on ``device``.
     """
     t0 = time.perf_counter()
     features = compute_features(encoder, loader, n, device)
     timing = {"feature_s": time.perf_counter() - t0}
     result = None
     if D.is_main():
-        result, km_timing = run_kmeans(features.numpy(), num_cluster, temperature, **kmeans_kwargs)
+        result, km_timing = run_kmeans(features.numpy(), num_cluster, temperature, device=device, **kmeans_kwargs)
         timing.update(km_timing)
     result = broadcast_result(result, n, features.shape[1], num_cluster, device)
     return result, features, timing

@@ -229,7 +229,7 @@ def run_ami(ev: Evaluation) -> list[Result]:
     coarse = getattr(ev.split("train_split"), "coarse_targets", None)
     labels = {"fine": targets, **({"coarse": np.asarray(coarse)} if coarse is not None else {})}
     rows = []
-    for r in cluster_quality(feats, labels, ks=s["clusters"], seed=s["seed"]):
+    for r in cluster_quality(feats, labels, ks=s["clusters"], seed=s["seed"], device=ev.device):
         suffix = "" if r["level"] == "fine" else f"_{r['level']}"
         rows += [{"setting": f"K={r['K']}", "metric": m + suffix, "mean": r[m], "std": 0.0, "n_runs": 1,
                   "seeds": [s["seed"]]} for m in ("ami", "nmi", "ari")]

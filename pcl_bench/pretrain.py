@@ -33,9 +33,10 @@ from .cluster_stats import cluster_statistics
 from .config import PretrainConfig, resolve, set_world, validate
 from .data import InstanceSubset, balanced_subset, build_dataset
 from .data.augment import TwoCropsTransform, eval_transform, pretrain_transform
-from .e_step import ClusterResult, e_step, faiss_gpu_available
+from .e_step import ClusterResult, e_step
 from .errors import UsageError
 from .features import extract_features
+from .kmeans import resolve_backend
 from .knn import knn_accuracy
 from .methods import METHODS, Method, build_method
 from .metrics_log import MetricLogger
@@ -44,7 +45,7 @@ from .provenance import provenance
 
 # Flags that may change when a run is resumed; any other flag must match the run's saved config.
 RESUMABLE = {"epochs", "workers", "device", "log_every", "save_every", "final_knn", "resume", "amp",
-             "channels_last"}
+             "channels_last", "kmeans_backend"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -208,7 +209,7 @@ def cluster_epoch(model: Method, cluster_loader, n: int, cfg: PretrainConfig, de
     clusters, _, timing = e_step(
         model.clustering_encoder, cluster_loader, n, cfg.num_cluster, cfg.temperature, device,
         alpha=cfg.concentration_alpha, niter=cfg.kmeans_iters, nredo=cfg.kmeans_restarts,
-        fixed_concentration=cfg.concentration == "fixed", use_gpu=device.type == "cuda" and faiss_gpu_available())
+        fixed_concentration=cfg.concentration == "fixed", backend=resolve_backend(cfg.kmeans_backend, device))
     stats = cluster_statistics(clusters, labels) if D.is_main() else None
     return clusters, timing, stats
 

@@ -8,8 +8,8 @@ import torch
 from sklearn.metrics import adjusted_mutual_info_score
 
 from pcl_bench.ami import cluster_quality
-from pcl_bench.e_step import kmeans
 from pcl_bench.errors import UsageError
+from pcl_bench.kmeans import kmeans
 
 
 def blobs(groups: int, fine_per_group: int, per_blob: int = 40, seed: int = 0):
@@ -38,7 +38,7 @@ def row(rows, k, level):
 
 def test_separated_blobs_give_ami_one():
     x, labels = blobs(6, 1)
-    (r,) = cluster_quality(x, labels, ks=(6,), use_gpu=False)
+    (r,) = cluster_quality(x, labels, ks=(6,))
     assert set(r) == {"K", "level", "ami", "nmi", "ari"} and (r["K"], r["level"]) == (6, "label")
     assert r["ami"] > 0.99 and r["nmi"] > 0.99 and r["ari"] > 0.99
 
@@ -47,7 +47,7 @@ def test_fine_and_coarse_levels():
     """K = 2 recovers the 2 coarse groups exactly, so its fine-level AMI is AMI(fine, coarse). Rows come
     K-major, levels in the given order."""
     x, fine = blobs(2, 2)
-    rows = cluster_quality(x, {"fine": fine, "coarse": fine // 2}, ks=(2, 3), use_gpu=False)
+    rows = cluster_quality(x, {"fine": fine, "coarse": fine // 2}, ks=(2, 3))
     assert [(r["K"], r["level"]) for r in rows] == [(2, "fine"), (2, "coarse"), (3, "fine"), (3, "coarse")]
     assert row(rows, 2, "coarse")["ami"] > 0.99
     assert row(rows, 2, "fine")["ami"] == pytest.approx(adjusted_mutual_info_score(fine, fine // 2), abs=1e-6)
@@ -57,7 +57,7 @@ def test_fine_and_coarse_levels():
 def test_random_features_give_ami_near_zero():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(1000, 16)).astype(np.float32), rng.integers(0, 10, size=1000)
-    (r,) = cluster_quality(torch.from_numpy(x), y, ks=(10,), use_gpu=False)
+    (r,) = cluster_quality(torch.from_numpy(x), y, ks=(10,))
     assert abs(r["ami"]) < 0.03 and abs(r["ari"]) < 0.03
 
 
@@ -66,7 +66,7 @@ def test_same_clusters_as_the_e_step():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(300, 8)).astype(np.float32), rng.integers(0, 5, size=300)
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    rows = cluster_quality(x, y, ks=(7, 12), use_gpu=False)
+    rows = cluster_quality(x, y, ks=(7, 12))
     for seed, k in enumerate((7, 12)):
         assign = kmeans(np.ascontiguousarray(xn), k, seed)[0]
         assert row(rows, k, "label")["ami"] == pytest.approx(adjusted_mutual_info_score(y, assign), abs=1e-9)

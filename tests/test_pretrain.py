@@ -115,6 +115,8 @@ def test_two_process_gloo_ddp(tmp_path):
     (["--num-cluster", "24,500"], "larger than the 120 training images"),
     (["--method", "byol"], "unknown --method"),
     (["--arch", "vgg16"], "unknown --arch"),
+    (["--kmeans-backend", "sklearn"], "unknown --kmeans-backend"),
+    (["--kmeans-iters", "0"], "at least 1"),
     (["--dataset", "mnist"], "unknown dataset"),
     (["--dataset", "cifar10", "--data-root", "/nonexistent"], "cifar-10-batches-py"),
     (["--resume"], "--resume: no checkpoint"),
@@ -168,7 +170,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
 
 
 def test_e_step_flags_reach_the_clustering(tmp_path, monkeypatch):
-    """--warmup-epochs, --num-cluster, --concentration(-alpha), --kmeans-iters/-restarts and
+    """--warmup-epochs, --num-cluster, --concentration(-alpha), --kmeans-iters/-restarts/-backend and
     --proto-negatives all reach the E-step and ProtoNCE."""
     calls = []
     real = engine.e_step
@@ -180,11 +182,11 @@ def test_e_step_flags_reach_the_clustering(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "e_step", spy)
     assert run_cli(tmp_path, "--method", "pcl", "--epochs", "3", "--warmup-epochs", "2", "--num-cluster", "30,40,50",
                    "--concentration", "fixed", "--concentration-alpha", "3", "--kmeans-iters", "7",
-                   "--kmeans-restarts", "2", "--proto-negatives", "6", "--temperature", "0.3",
-                   "--no-final-knn") == 0
+                   "--kmeans-restarts", "2", "--kmeans-backend", "torch", "--proto-negatives", "6",
+                   "--temperature", "0.3", "--no-final-knn") == 0
     assert len(calls) == 1  # epochs 0 and 1 are warm-up
     assert calls[0] == {"num_cluster": [30, 40, 50], "temperature": 0.3, "alpha": 3.0, "niter": 7, "nredo": 2,
-                            "fixed_concentration": True, "use_gpu": False}
+                            "fixed_concentration": True, "backend": "torch"}
     clusters = torch.load(tmp_path / "run" / "clusters.pt", weights_only=False)
     assert all(torch.allclose(d, torch.full_like(d, 0.3)) for d in clusters["density"])
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
