@@ -201,7 +201,8 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
                "concentration": CONCENTRATIONS, "kmeans_backend": KMEANS_BACKENDS}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
-            raise UsageError(f"unknown --{key.replace('_', '-')} {getattr(cfg, key)!r}; choose one of {', '.join(sorted(allowed))}")
+            raise UsageError(f"unknown --{key.replace('_', '-')} {getattr(cfg, key)!r}; "
+                             f"choose one of {', '.join(sorted(allowed))}")
     if cfg.batch_size % world_size:
         raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes")
     local_b = cfg.batch_size // world_size

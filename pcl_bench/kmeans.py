@@ -3,7 +3,7 @@
 The reference clusters with ``faiss.Clustering`` (L2, 20 iterations, 5 restarts keeping the lowest objective,
 seed m for granularity m, at most 1000 and at least 10 points per centroid) on a faiss GPU index. pip's faiss
 is CPU-only, and on a GPU machine its k-means then dominates each epoch (CIFAR-10, 30,000 points, K = 1000 /
-2000 / 4000 on 16 cores: 31 s, against 6 s of training; README "On one GPU").
+2000 / 4000 on 16 cores: 28 s, against 6 s of training; README "On one GPU, a second session").
 
 - ``faiss``: the reference implementation, with a GPU index where faiss-gpu sees a GPU.
 - ``torch``: the same algorithm in PyTorch on any device: subsample to ``max_points_per_centroid * k`` points,
