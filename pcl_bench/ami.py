@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 
 from .errors import UsageError
-from .kmeans import kmeans, resolve_backend
+from .kmeans import kmeans
 
 
 def cluster_quality(features: np.ndarray | torch.Tensor, labels: np.ndarray | Mapping[str, np.ndarray],
@@ -45,7 +45,6 @@ def cluster_quality(features: np.ndarray | torch.Tensor, labels: np.ndarray | Ma
             raise UsageError(f"cannot form K={k} clusters from {n} samples; pass K between 1 and {n}")
     # Normalise exactly as the E-step's feature pass does (F.normalize, eps 1e-12).
     x = np.ascontiguousarray(F.normalize(x, dim=1).numpy())
-    backend = resolve_backend(backend, device)
     rows = []
     for i, k in enumerate(ks):
         assign, _, _ = kmeans(x, k, seed + i, niter, nredo, backend, device)

@@ -68,7 +68,7 @@ def compute_features(encoder: nn.Module, loader: DataLoader, n: int, device: tor
 
 
 def run_kmeans(x: np.ndarray, num_cluster: list[int], temperature: float, alpha: float = 10.0,
-               niter: int = 20, nredo: int = 5, fixed_concentration: bool = False, backend: str = "faiss",
+               niter: int = 20, nredo: int = 5, fixed_concentration: bool = False, backend: str = "auto",
                device: torch.device | str = "cpu") -> tuple[ClusterResult, dict[str, float]]:
     """Cluster ``x`` (N, D) at every granularity; returns the result and seconds spent in k-means and phi.
 

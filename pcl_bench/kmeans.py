@@ -38,15 +38,16 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return "torch" if torch.device(device).type == "cuda" and not faiss_gpu_available() else "faiss"
 
 
-def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20, nredo: int = 5, backend: str = "faiss",
+def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20, nredo: int = 5, backend: str = "auto",
            device: torch.device | str = "cpu", max_points_per_centroid: int = 1000,
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """L2 k-means of ``x`` (N, D) float32 into ``k`` clusters, keeping the best of ``nredo`` restarts.
 
-    ``backend`` 'faiss' or 'torch' (resolve 'auto' with :func:`resolve_backend` first); ``device`` is where
-    the torch backend runs and whether faiss may use a GPU index. Returns (assignments (N,) int64, squared
+    ``backend`` 'auto', 'faiss' or 'torch' (see :func:`resolve_backend`); ``device`` is where the torch
+    backend runs and whether faiss may use a GPU index. Returns (assignments (N,) int64, squared
     distances to the assigned centroid (N,) float32, raw centroids (k, D) float32), all NumPy on the CPU.
     """
+    backend = resolve_backend(backend, device)
     if backend == "torch":
         return _kmeans_torch(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), k, seed, niter, nredo,
                              torch.device(device), max_points_per_centroid)

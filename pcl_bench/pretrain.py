@@ -36,7 +36,6 @@ from .data.augment import TwoCropsTransform, eval_transform, pretrain_transform
 from .e_step import ClusterResult, e_step
 from .errors import UsageError
 from .features import extract_features
-from .kmeans import resolve_backend
 from .knn import knn_accuracy
 from .methods import METHODS, Method, build_method
 from .metrics_log import MetricLogger
@@ -209,7 +208,7 @@ def cluster_epoch(model: Method, cluster_loader, n: int, cfg: PretrainConfig, de
     clusters, _, timing = e_step(
         model.clustering_encoder, cluster_loader, n, cfg.num_cluster, cfg.temperature, device,
         alpha=cfg.concentration_alpha, niter=cfg.kmeans_iters, nredo=cfg.kmeans_restarts,
-        fixed_concentration=cfg.concentration == "fixed", backend=resolve_backend(cfg.kmeans_backend, device))
+        fixed_concentration=cfg.concentration == "fixed", backend=cfg.kmeans_backend)
     stats = cluster_statistics(clusters, labels) if D.is_main() else None
     return clusters, timing, stats
 
