@@ -1,7 +1,7 @@
 """Does every pretrained encoder beat a randomly initialised one on every score of a results store?
 
-Reads a store (default: the demo's ``results/shapes_demo.jsonl``), takes the newest row of each
-(method, protocol, dataset, setting, metric), and compares each method's mean with the ``random init`` row of
+Reads a store (default: the demo's ``results/shapes_demo.jsonl``), takes its latest rows as the report
+does (:func:`pcl_bench.report.latest_rows`), and compares each method's mean with the ``random init`` row of
 the same score. Prints one line per score and a summary; exits 1 if some method is not above random init.
 Detection is skipped: the demo does not run it, so its rows may come from other checkpoints.
 
@@ -11,21 +11,23 @@ Detection is skipped: the demo does not run it, so its rows may come from other 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from pcl_bench.report import latest_rows
+from pcl_bench.results_store import read_rows
+
 DEFAULT_STORE = Path(__file__).resolve().parent.parent / "results" / "shapes_demo.jsonl"
+SCORE = ["protocol", "dataset", "setting", "metric"]
 
 
 def newest_scores(store: Path) -> dict[tuple, dict[str, float]]:
-    """{(protocol, dataset, setting, metric): {method: mean}} from the newest row of each; detection left out."""
+    """{(protocol, dataset, setting, metric): {method: mean}} from the store's latest rows; detection left out."""
+    rows = latest_rows(read_rows(store))
+    rows = rows[rows["protocol"] != "detection"]
     scores: dict[tuple, dict[str, float]] = {}
-    for line in store.read_text().splitlines():
-        row = json.loads(line)
-        if row["protocol"] != "detection":  # rows are appended in time order: later ones win
-            key = (row["protocol"], row["dataset"], row["setting"], row["metric"])
-            scores.setdefault(key, {})[row["method"]] = row["mean"]
+    for key, group in rows.groupby(SCORE, sort=True):
+        scores[key] = dict(zip(group["method"], group["mean"].astype(float)))
     return scores
 
 

@@ -93,9 +93,9 @@ def _kmeans_torch(x: torch.Tensor, k: int, seed: int, niter: int, nredo: int, de
         centroids = train[torch.randperm(train.shape[0], generator=gen)[:k].to(device)].clone()
         for _ in range(niter):
             assign, dist = _nearest(train, centroids)
-            obj = dist.sum().item()
             centroids, counts = _means(train, assign, k)
             _split_empty(centroids, counts, gen)
+        obj = dist.sum().item()  # the last assignment's objective, as faiss keeps it; one sync per restart
         if obj < best_obj:
             best_obj, best = obj, centroids
     assign, dist = _nearest(x, best)
