@@ -47,6 +47,9 @@ class PretrainConfig:
     aug: str = _f("v1", "augmentation: 'v1' (MoCo v1/InstDisc) or 'v2' (aug+, with Gaussian blur)")
     crop_min_scale: float = _f(0.2, "smallest RandomResizedCrop area fraction (reference: 0.2; larger values "
                                     "ease very short CPU runs)")
+    aug_backend: str = _f("pil", "'pil': torchvision transforms image by image in the loader workers (the reference); "
+                                 "'tensor': the same augmentations batched on the training device (fixed-size "
+                                 "datasets: shapes, cifar10, cifar100, stl10), cheaper for small images")
     # optimisation
     epochs: int = _f(200, "number of epochs")
     batch_size: int = _f(256, "global batch size, summed over all processes")
@@ -189,6 +192,7 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
     """
     from .concentration import CONCENTRATIONS
     from .data.augment import AUGMENTATIONS
+    from .data.batch_augment import AUG_BACKENDS, FIXED_SIZE_DATASETS
     from .kmeans import KMEANS_BACKENDS
     from .losses.clop import check_prototypes_fit
     from .methods import METHODS, method_class
@@ -198,11 +202,15 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
     from .models import ARCHS, HEADS, STEMS
 
     choices = {"method": METHODS, "arch": ARCHS, "stem": STEMS, "head": HEADS, "aug": AUGMENTATIONS,
-               "concentration": CONCENTRATIONS, "kmeans_backend": KMEANS_BACKENDS}
+               "concentration": CONCENTRATIONS, "kmeans_backend": KMEANS_BACKENDS, "aug_backend": AUG_BACKENDS}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise UsageError(f"unknown --{key.replace('_', '-')} {getattr(cfg, key)!r}; "
                              f"choose one of {', '.join(sorted(allowed))}")
+    if cfg.aug_backend == "tensor" and cfg.dataset not in FIXED_SIZE_DATASETS:
+        raise UsageError(f"--aug-backend tensor batches images before augmenting them, so it needs a dataset of "
+                         f"equal-size images ({', '.join(FIXED_SIZE_DATASETS)}); use --aug-backend pil for "
+                         f"{cfg.dataset}")
     if cfg.batch_size % world_size:
         raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes")
     local_b = cfg.batch_size // world_size

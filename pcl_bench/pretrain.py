@@ -25,6 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
+from torchvision.transforms import PILToTensor
 from tqdm import tqdm
 
 from . import distributed as D
@@ -33,6 +34,7 @@ from .cluster_stats import cluster_statistics
 from .config import PretrainConfig, resolve, set_world, validate
 from .data import InstanceSubset, balanced_subset, build_dataset
 from .data.augment import TwoCropsTransform, eval_transform, pretrain_transform
+from .data.batch_augment import BatchAugment
 from .e_step import ClusterResult, e_step
 from .errors import UsageError
 from .features import extract_features
@@ -143,6 +145,15 @@ def image_size(cfg: PretrainConfig, ds: Dataset) -> int:
     return cfg.image_size or ds.image_size
 
 
+def training_set(cfg: PretrainConfig, base: Dataset, size: int, num_views: int) -> tuple[Dataset, BatchAugment | None]:
+    """The training dataset and, with ``--aug-backend tensor``, the batched augmentation that the training loop
+    applies to its uint8 batches (the dataset then only converts images to tensors)."""
+    if cfg.aug_backend == "tensor":
+        return with_transform(base, PILToTensor()), BatchAugment(cfg.aug, size, cfg.crop_min_scale)
+    aug = pretrain_transform(cfg.aug, size, cfg.crop_min_scale)
+    return with_transform(base, TwoCropsTransform(aug) if num_views == 2 else aug), None
+
+
 def make_loaders(cfg: PretrainConfig, train_set: Dataset, cluster_set: Dataset, device: torch.device):
     local_b = cfg.batch_size // D.world_size()
     sampler = DistributedSampler(train_set, D.world_size(), D.rank(), shuffle=True, seed=cfg.seed, drop_last=True)
@@ -173,15 +184,22 @@ def load_checkpoint(cfg: PretrainConfig, model: Method, optimizer) -> int:
 
 
 def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResult | None, epoch: int,
-                    cfg: PretrainConfig, logger: MetricLogger | None, device: torch.device) -> dict[str, float]:
-    """One pass over ``loader``; returns the epoch means of every metric the method reports."""
+                    cfg: PretrainConfig, logger: MetricLogger | None, device: torch.device,
+                    augment: BatchAugment | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns the epoch means of every metric the method reports.
+
+    With ``augment``, the loader yields uint8 image batches and each of the method's views is made here."""
     model.train()
     sums: dict[str, float] = defaultdict(float)
     steps = len(loader)
     amp, fmt = cfg.amp and device.type == "cuda", memory_format(cfg)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not D.is_main(), mininterval=2,
                file=sys.stderr, leave=False)
+    num_views = getattr(model, "module", model).num_views
     for step, (views, _, index) in enumerate(bar):
+        if augment is not None:
+            images = views.to(device, non_blocking=True)
+            views = [augment(images) for _ in range(num_views)]
         views = [v.to(device, non_blocking=True, memory_format=fmt) for v in (views if isinstance(views, list) else [views])]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(views, index.to(device, non_blocking=True), clusters)
@@ -249,8 +267,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     D.barrier()
     size = image_size(cfg, base)
     method_cls = METHODS[cfg.method]
-    aug = pretrain_transform(cfg.aug, size, cfg.crop_min_scale)
-    train_set = with_transform(base, TwoCropsTransform(aug) if method_cls.num_views == 2 else aug)
+    train_set, augment = training_set(cfg, base, size, method_cls.num_views)
     cluster_set = with_transform(base, eval_transform(size))
 
     seed_epoch(cfg.seed, 0, 0)  # identical initial weights and queue on every rank
@@ -283,7 +300,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         lr = adjust_learning_rate(optimizer, cfg, epoch)
         sampler.set_epoch(epoch)
         t1 = time.perf_counter()
-        means = train_one_epoch(ddp, train_loader, optimizer, clusters, epoch, cfg, logger, device)
+        means = train_one_epoch(ddp, train_loader, optimizer, clusters, epoch, cfg, logger, device, augment)
         t2 = time.perf_counter()
         if D.is_main():
             save_checkpoint(cfg, model, optimizer, epoch)

@@ -11,6 +11,7 @@ import torch
 from pcl_bench import pretrain as engine
 from pcl_bench.cli import main
 from pcl_bench.config import SCALE_PRESETS, resolve, set_world, validate
+from pcl_bench.errors import UsageError
 
 # 120 images at 32 px, batch 16: a few seconds per epoch on 2 CPU cores.
 TINY = ["--subset-per-class", "12", "--image-size", "32", "--batch-size", "16", "--queue", "32",
@@ -117,6 +118,7 @@ def test_two_process_gloo_ddp(tmp_path):
     (["--arch", "vgg16"], "unknown --arch"),
     (["--kmeans-backend", "sklearn"], "unknown --kmeans-backend"),
     (["--kmeans-iters", "0"], "at least 1"),
+    (["--aug-backend", "dali"], "unknown --aug-backend"),
     (["--dataset", "mnist"], "unknown dataset"),
     (["--dataset", "cifar10", "--data-root", "/nonexistent"], "cifar-10-batches-py"),
     (["--resume"], "--resume: no checkpoint"),
@@ -139,6 +141,25 @@ def test_presets_pass_their_own_checks(dataset, method):
     n, classes = PRESET_SIZES[dataset]
     for world in (1, 8):
         validate(resolve({"method": method, "dataset": dataset}), n, world, classes)
+
+
+@pytest.mark.parametrize("method", ["pcl_v2", "instdisc"])
+def test_tensor_aug_backend_trains_and_resumes_exactly(tmp_path, method):
+    """--aug-backend tensor makes the views in the training loop from the main process's seeded generator, so
+    stopping after epoch 1 and resuming gives the same weights as running 2 epochs straight."""
+    args = ["--method", method, "--aug-backend", "tensor", "--no-final-knn"]
+    assert run_cli(tmp_path, *args, "--epochs", "2", name="straight") == 0
+    assert run_cli(tmp_path, *args, "--epochs", "1", name="resumed") == 0
+    assert run_cli(tmp_path, *args, "--epochs", "2", "--resume", name="resumed") == 0
+    (sd_a, _), (sd_b, _) = _state(tmp_path / "straight" / "last.pt"), _state(tmp_path / "resumed" / "last.pt")
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    assert [e["epoch"] for e in records(tmp_path / "resumed", "epoch")] == [0, 1]
+
+
+def test_tensor_aug_backend_needs_equal_size_images():
+    cfg = resolve({"dataset": "imagenet", "aug_backend": "tensor"})
+    with pytest.raises(UsageError, match="--aug-backend pil for imagenet"):
+        validate(cfg, 1_281_167, 8)
 
 
 def test_existing_run_folder_and_resume_conflicts(tmp_path, capsys):
