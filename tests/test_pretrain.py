@@ -30,7 +30,7 @@ def records(run_dir, kind):
 
 def test_cli_end_to_end(tmp_path, capsys):
     """A tiny pcl_v2 run writes every artefact and prints the kNN comparison."""
-    assert run_cli(tmp_path, "--method", "pcl_v2", "--epochs", "2", "--save-every", "1") == 0
+    assert run_cli(tmp_path, "--method", "pcl_v2", "--epochs", "2", "--save-every", "1", "--channels-last") == 0
     run = tmp_path / "run"
     for name in ("config.json", "last.pt", "checkpoint_0000.pt", "checkpoint_0001.pt", "epochs.csv",
                  "metrics.jsonl", "clusters.pt", "knn.json"):
@@ -143,11 +143,11 @@ def test_presets_pass_their_own_checks(dataset, method):
         validate(resolve({"method": method, "dataset": dataset}), n, world, classes)
 
 
-@pytest.mark.parametrize("method", ["pcl_v2", "instdisc"])
-def test_tensor_aug_backend_trains_and_resumes_exactly(tmp_path, method):
-    """--aug-backend tensor makes the views in the training loop from the main process's seeded generator, so
-    stopping after epoch 1 and resuming gives the same weights as running 2 epochs straight."""
-    args = ["--method", method, "--aug-backend", "tensor", "--no-final-knn"]
+@pytest.mark.parametrize("method, backend", [("pcl_v2", "pil"), ("instdisc", "tensor")])
+def test_aug_backends_train_and_resume_exactly(tmp_path, method, backend):
+    """Both augmentation backends (the shapes preset's, tensor, also in the kill test above) draw from seeded
+    generators: stopping after epoch 1 and resuming gives the same weights as running 2 epochs straight."""
+    args = ["--method", method, "--aug-backend", backend, "--no-final-knn"]
     assert run_cli(tmp_path, *args, "--epochs", "2", name="straight") == 0
     assert run_cli(tmp_path, *args, "--epochs", "1", name="resumed") == 0
     assert run_cli(tmp_path, *args, "--epochs", "2", "--resume", name="resumed") == 0
