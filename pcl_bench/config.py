@@ -127,13 +127,13 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "supcon_clop": {"head": "mlp", "temperature": 0.1, "aug": "v2", "cos": True},
 }
 
-# Small-scale settings. 'shapes' is sized so that a run takes about 6-7 minutes on 2 CPU cores and the full demo
+# Small-scale settings. 'shapes' is sized so that a run takes about 7 minutes on 2 CPU cores and the full demo
 # (two pretrainings and every protocol) stays under 20 minutes: ResNet-18 with the ImageNet stem on 32 px crops of
 # the 64 px images (4x cheaper than 64 px), 15 epochs of batch 32 with 2 SplitBN sub-batches (2,340 steps: in a
 # fixed CPU budget, more small steps beat fewer large ones here; see the README), augmented in batches and trained
-# in NCHW (at this size both are faster on a CPU: benchmarks/aug_backend.py, memory_format.py), lr 0.015 (0.06 stalls MoCo),
-# a 4096-key queue with m = 0.99 (the MoCo CIFAR demo's choices), over-clustering of the 5000 images into
-# 250/500/1000 prototypes with r = 96 negative prototypes (r <= K_min - batch), 1 warm-up epoch.
+# in NCHW (at this size both are faster on a CPU: benchmarks/aug_backend.py, memory_format.py), lr 0.015 (0.06
+# stalls MoCo), a 4096-key queue with m = 0.99 (the MoCo CIFAR demo's choices), over-clustering of the 5000 images
+# into 250/500/1000 prototypes with r = 96 negative prototypes (r <= K_min - batch), 1 warm-up epoch.
 # CIFAR follows the MoCo CIFAR-10 demo (small stem, batch 512, lr 0.06, wd 5e-4, K = 4096, m = 0.99) with
 # PCL's over-clustering of salesforce/PCL#7 (K = 1000/2000/4000) but r = 256, not #7's 512: a batch of 512 may
 # leave only 1000 - 512 = 488 clusters free to draw negatives from.
