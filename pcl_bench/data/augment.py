@@ -27,6 +27,17 @@ from ..errors import UsageError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = ("v1", "v2")
+# The reference's parameters, shared with the batched version in batch_augment.py.
+JITTER = {"v1": (0.4, 0.4, 0.4, 0.4), "v2": (0.4, 0.4, 0.4, 0.1)}  # brightness, contrast, saturation, hue
+JITTER_P = {"v1": 1.0, "v2": 0.8}
+GRAYSCALE_P = 0.2
+BLUR_P = 0.5
+
+
+def blur_sigma(size: int) -> tuple[float, float]:
+    """The v2 blur's sigma range in pixels: the reference's (0.1, 2.0) at 224 px, scaled to ``size``."""
+    scale = size / 224
+    return 0.1 * scale, 2.0 * scale
 
 
 class GaussianBlur:
@@ -62,14 +73,13 @@ def pretrain_transform(kind: str, size: int = 224, min_scale: float = 0.2) -> T.
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     crop = T.RandomResizedCrop(size, scale=(min_scale, 1.0))
     if kind == "v1":
-        ops = [crop, T.RandomGrayscale(p=0.2), T.ColorJitter(0.4, 0.4, 0.4, 0.4), T.RandomHorizontalFlip()]
+        ops = [crop, T.RandomGrayscale(p=GRAYSCALE_P), T.ColorJitter(*JITTER[kind]), T.RandomHorizontalFlip()]
     elif kind == "v2":
-        scale = size / 224
         ops = [
             crop,
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.RandomApply([GaussianBlur((0.1 * scale, 2.0 * scale))], p=0.5),
+            T.RandomApply([T.ColorJitter(*JITTER[kind])], p=JITTER_P[kind]),
+            T.RandomGrayscale(p=GRAYSCALE_P),
+            T.RandomApply([GaussianBlur(blur_sigma(size))], p=BLUR_P),
             T.RandomHorizontalFlip(),
         ]
     else:

@@ -26,7 +26,16 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD
+from .augment import (
+    AUGMENTATIONS,
+    BLUR_P,
+    GRAYSCALE_P,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    JITTER,
+    JITTER_P,
+    blur_sigma,
+)
 
 AUG_BACKENDS = ("pil", "tensor")
 FIXED_SIZE_DATASETS = ("shapes", "cifar10", "cifar100", "stl10")  # in-memory arrays of one image size
@@ -110,12 +119,10 @@ class BatchAugment:
     """
 
     def __init__(self, kind: str = "v2", size: int = 224, min_scale: float = 0.2):
-        if kind not in ("v1", "v2"):
-            raise ValueError(f"unknown augmentation {kind!r}; expected 'v1' or 'v2'")
+        if kind not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {kind!r}; expected one of {AUGMENTATIONS}")
         self.kind, self.size, self.min_scale = kind, size, min_scale
-        self.jitter = (0.4, 0.4, 0.4, 0.4) if kind == "v1" else (0.4, 0.4, 0.4, 0.1)
-        self.jitter_p = 1.0 if kind == "v1" else 0.8
-        self.blur_sigma = (0.1 * size / 224, 2.0 * size / 224)
+        self.jitter, self.jitter_p, self.blur_sigma = JITTER[kind], JITTER_P[kind], blur_sigma(size)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         n, _, height, width = images.shape
@@ -127,7 +134,7 @@ class BatchAugment:
         else:
             x = self.color_jitter(x, torch.rand(n, device=dev) < self.jitter_p)
             x = self.random_grayscale(x)
-            blur = torch.rand(n, device=dev) < 0.5
+            blur = torch.rand(n, device=dev) < BLUR_P
             if blur.any():
                 x[blur] = gaussian_blur(x[blur], _uniform(int(blur.sum()), *self.blur_sigma, dev))
         flip = torch.rand(n, device=dev) < 0.5
@@ -135,7 +142,7 @@ class BatchAugment:
         return (x - x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
     @staticmethod
-    def random_grayscale(x: torch.Tensor, p: float = 0.2) -> torch.Tensor:
+    def random_grayscale(x: torch.Tensor, p: float = GRAYSCALE_P) -> torch.Tensor:
         gray = torch.rand(x.shape[0], device=x.device) < p
         return torch.where(gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
 
