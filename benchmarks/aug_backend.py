@@ -12,11 +12,9 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from torchvision.transforms import PILToTensor
@@ -25,6 +23,7 @@ from pcl_bench.atomic import write_json
 from pcl_bench.config import resolve
 from pcl_bench.data.augment import pretrain_transform
 from pcl_bench.data.batch_augment import BatchAugment
+from pcl_bench.metrics_log import read_epochs
 from pcl_bench.pretrain import image_size, load_dataset, pretrain, resolve_device
 from pcl_bench.provenance import machine, provenance
 
@@ -52,11 +51,6 @@ def time_augmentations(cfg, device: torch.device, rounds: int) -> tuple[float, f
     return statistics.median(times["pil"]), statistics.median(times["tensor"])
 
 
-def images_per_s(run_dir: Path) -> float:
-    with open(run_dir / "epochs.csv") as f:
-        return statistics.mean(float(r["images_per_s"]) for r in csv.DictReader(f))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="shapes")
@@ -77,7 +71,7 @@ def main() -> None:
         for backend in ("pil", "tensor"):
             run = resolve({**base, "aug_backend": backend, "out": out, "name": backend})
             pretrain(run)
-            speed[backend] = images_per_s(run.run_dir)
+            speed[backend] = statistics.mean(r["images_per_s"] for r in read_epochs(run.run_dir))
 
     result = {"dataset": args.dataset, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
               "device": str(device), **machine(), "rounds": args.rounds, "epochs": args.epochs,

@@ -12,20 +12,15 @@ reports about 1.33 for the latter on 4 V100s with ImageNet.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
 from pathlib import Path
 
 from pcl_bench.config import resolve
+from pcl_bench.metrics_log import read_epochs
 from pcl_bench.pretrain import pretrain, resolve_device
 from pcl_bench.provenance import machine, provenance
-
-
-def epoch_rows(run_dir: Path) -> list[dict[str, float]]:
-    with open(run_dir / "epochs.csv") as f:
-        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
 
 
 def mean(rows: list[dict[str, float]], key: str) -> float:
@@ -50,7 +45,7 @@ def main() -> None:
                                "subset_per_class": args.subset_per_class, "warmup_epochs": 0, "device": args.device,
                                "workers": args.workers, "out": out, "name": method, "final_knn": False, "save_every": 10**6})
             pretrain(cfg)
-            rows[method] = epoch_rows(cfg.run_dir)
+            rows[method] = read_epochs(cfg.run_dir)
 
     moco, pcl = rows["moco_v2"], rows["pcl_v2"]
     t_moco, t_pcl = mean(moco, "epoch_s"), mean(pcl, "epoch_s")

@@ -60,3 +60,10 @@ class MetricLogger:
 
     def close(self) -> None:
         self.tb.close()
+
+
+def read_epochs(run_dir: str | Path) -> list[dict[str, float]]:
+    """The rows of a run's ``epochs.csv`` as floats; a column a row has no value in (e.g. PCL's before its first
+    E-step) is left out of that row."""
+    with open(Path(run_dir) / "epochs.csv") as f:
+        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
