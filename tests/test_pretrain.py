@@ -143,6 +143,15 @@ def test_presets_pass_their_own_checks(dataset, method):
         validate(resolve({"method": method, "dataset": dataset}), n, world, classes)
 
 
+def test_scale_method_overrides_apply_to_their_dataset_only():
+    """moco_v2 on shapes gets the short queue; pcl_v2 on shapes and moco_v2 on CIFAR keep 4096; a flag wins."""
+    assert resolve({"method": "moco_v2"}).queue == 512
+    assert resolve({"method": "pcl_v2"}).queue == 4096
+    assert resolve({"method": "moco_v2", "dataset": "cifar10"}).queue == 4096
+    assert resolve({"method": "moco_v2", "queue": 4096}).queue == 4096
+    assert resolve({"method": "simclr", "dataset": "cifar100"}).temperature == 0.5
+
+
 @pytest.mark.parametrize("method, backend", [("pcl_v2", "pil"), ("instdisc", "tensor")])
 def test_aug_backends_train_and_resume_exactly(tmp_path, method, backend):
     """Both augmentation backends (the shapes preset's, tensor, also in the kill test above) draw from seeded
