@@ -144,9 +144,10 @@ def test_presets_pass_their_own_checks(dataset, method):
 
 
 def test_scale_method_overrides_apply_to_their_dataset_only():
-    """moco_v2 on shapes gets the short queue; pcl_v2 on shapes and moco_v2 on CIFAR keep 4096; a flag wins."""
+    """moco_v2 and pcl_v2 on shapes get shorter queues; pcl on shapes and moco_v2 on CIFAR keep 4096; a flag wins."""
     assert resolve({"method": "moco_v2"}).queue == 512
-    assert resolve({"method": "pcl_v2"}).queue == 4096
+    assert resolve({"method": "pcl_v2"}).queue == 1024
+    assert resolve({"method": "pcl"}).queue == 4096
     assert resolve({"method": "moco_v2", "dataset": "cifar10"}).queue == 4096
     assert resolve({"method": "moco_v2", "queue": 4096}).queue == 4096
     assert resolve({"method": "simclr", "dataset": "cifar100"}).temperature == 0.5
