@@ -1,9 +1,8 @@
 """PCL's overhead over MoCo: epoch time of moco_v2 and pcl_v2 on the same data, in one process.
 
 Both methods train ``--epochs`` epochs with identical settings (the dataset's preset for pcl_v2, whose queue
-length moco_v2 also gets where its preset differs, e.g. on shapes); pcl_v2 runs with no
-warm-up so that every measured epoch includes the E-step, which is split into feature pass, k-means and
-concentration. Printed: seconds per epoch, images per second, and the pcl_v2 / moco_v2 ratio, both per
+length moco_v2 also gets where its preset differs, e.g. on shapes); pcl_v2 runs with no warm-up so that every
+measured epoch includes the E-step, which is split into feature pass, k-means and concentration. Printed: seconds per epoch, images per second, and the pcl_v2 / moco_v2 ratio, both per
 clustering epoch and amortised over the paper's schedule (20 of 200 epochs without E-step). The paper
 reports about 1.33 for the latter on 4 V100s with ImageNet.
 
@@ -40,7 +39,8 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = {}
-    queue = resolve({"method": "pcl_v2", "dataset": args.dataset}).queue  # the ratio then measures PCL's additions only
+    # one queue length for both, so that the ratio measures only what PCL adds
+    queue = resolve({"method": "pcl_v2", "dataset": args.dataset}).queue
     with tempfile.TemporaryDirectory() as out:
         for method in ("moco_v2", "pcl_v2"):
             cfg = resolve({"method": method, "dataset": args.dataset, "data_root": args.data_root,
