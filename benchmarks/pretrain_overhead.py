@@ -2,9 +2,10 @@
 
 Both methods train ``--epochs`` epochs with identical settings (the dataset's preset for pcl_v2, whose queue
 length moco_v2 also gets where its preset differs, e.g. on shapes); pcl_v2 runs with no warm-up so that every
-measured epoch includes the E-step, which is split into feature pass, k-means and concentration. Printed: seconds per epoch, images per second, and the pcl_v2 / moco_v2 ratio, both per
-clustering epoch and amortised over the paper's schedule (20 of 200 epochs without E-step). The paper
-reports about 1.33 for the latter on 4 V100s with ImageNet.
+measured epoch includes the E-step, which is split into feature pass, k-means and concentration. Printed:
+seconds per epoch, images per second, and the pcl_v2 / moco_v2 ratio, both per clustering epoch and amortised
+over the paper's schedule (20 of 200 epochs without E-step). The paper reports about 1.33 for the latter on
+4 V100s with ImageNet.
 
     python benchmarks/pretrain_overhead.py                      # shapes, 2 epochs each (~5 min on 2 cores)
     python benchmarks/pretrain_overhead.py --dataset cifar10 --data-root ~/data/cifar --epochs 3
