@@ -91,8 +91,9 @@ class PretrainConfig:
     overwrite: bool = _f(False, "delete an existing run folder of the same name first")
     save_every: int = _f(5, "also keep checkpoint_<epoch>.pt every this many epochs (last.pt is written every epoch)")
     log_every: int = _f(10, "log step metrics every this many steps")
-    workers: int | None = _f(None, "data-loading processes per training process (default: this node's CPU "
-                                   "cores shared among its training processes, at most 8)")
+    workers: int | None = _f(None, "data-loading processes per training process (default: 0 with "
+                                   "--aug-backend tensor, else this node's CPU cores shared among its training "
+                                   "processes, at most 8)")
     seed: int = _f(0, "random seed; every epoch's randomness derives from (seed, epoch, rank)")
     device: str = _f("auto", "'auto' (cuda if available), 'cuda' or 'cpu'")
     amp: bool = _f(True, "bfloat16 autocast on GPU (ignored on CPU)")
@@ -186,10 +187,14 @@ def resolve(overrides: dict[str, Any]) -> PretrainConfig:
 
 def set_world(cfg: PretrainConfig, world_size: int) -> None:
     """Fill in what depends on the machine and the number of processes: ``bn_splits`` 0 means 8 alone and off
-    under torchrun; ``workers`` None means the node's CPU cores per training process, between 1 and 8."""
+    under torchrun; ``workers`` None means none with ``aug_backend='tensor'`` (the loader then only wraps
+    in-memory arrays, and starting worker processes every epoch costs more: 1-2 s of an 18 s shapes epoch on
+    2 cores), else the node's CPU cores per training process, between 1 and 8."""
     if cfg.bn_splits == 0:
         cfg.bn_splits = 8 if world_size == 1 else 1
-    if cfg.workers is None:
+    if cfg.workers is None and cfg.aug_backend == "tensor":
+        cfg.workers = 0
+    elif cfg.workers is None:
         processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         cfg.workers = max(1, min(8, (os.cpu_count() or 1) // processes_here))
 

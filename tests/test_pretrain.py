@@ -227,15 +227,19 @@ def test_e_step_flags_reach_the_clustering(tmp_path, monkeypatch):
 @pytest.mark.parametrize("cores, local_processes, expected", [(2, None, 2), (1, None, 1), (16, None, 8),
                                                                 (16, "4", 4), (16, "32", 1)])
 def test_default_workers_share_the_node_cores(monkeypatch, cores, local_processes, expected):
-    """--workers unset: CPU cores per training process on this node (torchrun's LOCAL_WORLD_SIZE), 1 to 8."""
+    """--workers unset: CPU cores per training process on this node (torchrun's LOCAL_WORLD_SIZE), 1 to 8, with
+    per-image augmentation in the workers; none when the training loop augments whole batches."""
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     if local_processes:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local_processes)
     else:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    cfg = resolve({"method": "moco_v2"})
+    cfg = resolve({"method": "moco_v2", "aug_backend": "pil"})
     set_world(cfg, 1)
     assert cfg.workers == expected
+    cfg = resolve({"method": "moco_v2"})  # shapes' preset augments in the training loop
+    set_world(cfg, 1)
+    assert cfg.aug_backend == "tensor" and cfg.workers == 0
     cfg = resolve({"method": "moco_v2", "workers": 3})
     set_world(cfg, 1)
     assert cfg.workers == 3  # an explicit value is kept

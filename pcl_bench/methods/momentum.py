@@ -49,7 +49,7 @@ class MomentumContrast(Method):
     def momentum_update(self) -> None:
         """theta_k <- m theta_k + (1 - m) theta_q over parameters; BN buffers stay the key encoder's own."""
         for p_q, p_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            p_k.mul_(self.momentum).add_(p_q.detach(), alpha=1 - self.momentum)
+            p_k.lerp_(p_q.detach(), 1 - self.momentum)  # = m p_k + (1 - m) p_q, in one pass
 
     @torch.no_grad()
     def keys(self, im_k: torch.Tensor) -> torch.Tensor:

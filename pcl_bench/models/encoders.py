@@ -8,6 +8,9 @@ checkpoint, ours or theirs, loads through one code path.
 - ``stem="small"``: a 3x3/1 convolution and no max-pool, the usual variant for 32 px images (CIFAR).
 - ``head="linear"``: fc = Linear(feat, dim) (MoCo v1, PCL v1).
   ``head="mlp"``: fc = Linear(feat, feat) -> ReLU -> Linear(feat, dim) (MoCo v2, PCL v2, SimCLR); no BN.
+
+Two CPU fast paths leave every output unchanged: convolutions with a 1 x 1 output run as one matrix product
+(:mod:`.one_pixel`), and the stem's max-pool runs in the channels-last layout (:class:`MaxPool2dNHWC`).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from torch import nn
 from torchvision.models import ResNet, resnet18, resnet34, resnet50
 
 from ..errors import UsageError
+from .one_pixel import use_one_pixel
 from .split_bn import SplitBatchNorm
 
 ARCHS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
@@ -40,10 +44,22 @@ def build_encoder(arch: str = "resnet50", dim: int = 128, head: str = "linear", 
     if stem == "small":
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
+    else:
+        net.maxpool = MaxPool2dNHWC(kernel_size=3, stride=2, padding=1)
     if head == "mlp":
         feat = net.fc.in_features
         net.fc = nn.Sequential(nn.Linear(feat, feat), nn.ReLU(inplace=True), net.fc)
-    return net
+    return use_one_pixel(net)
+
+
+class MaxPool2dNHWC(nn.MaxPool2d):
+    """``nn.MaxPool2d`` computed in the channels-last layout on CPUs, where PyTorch's NCHW kernel is about
+    10x slower (2 ms against 0.15 ms for the 32 px stem at batch 32); the output keeps the input's layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 def feature_dim(net: ResNet) -> int:
