@@ -208,8 +208,9 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
                file=sys.stderr, leave=False)
     num_views = getattr(model, "module", model).num_views
     for step, (views, _, index) in enumerate(bar):
-        if augment is not None:  # all views in one call: a third fewer tensor ops than view by view
-            views = list(augment(views.to(device, non_blocking=True).repeat(num_views, 1, 1, 1)).chunk(num_views))
+        if augment is not None:  # view by view: one call for all views ran 5 % faster but cost moco_v2 1.5 kNN
+            images = views.to(device, non_blocking=True)
+            views = [augment(images) for _ in range(num_views)]
         views = [v.to(device, non_blocking=True, memory_format=fmt) for v in (views if isinstance(views, list) else [views])]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(views, index.to(device, non_blocking=True), clusters)

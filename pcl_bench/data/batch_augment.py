@@ -1,8 +1,7 @@
 """The v1 / v2 augmentations of ``augment.py`` applied to a whole batch at once, on the training device.
 
 ``--aug-backend tensor`` replaces the per-image PIL pipeline of the loader workers by :class:`BatchAugment`:
-the loader only delivers uint8 images, and the training loop makes all views of a step with a handful of tensor
-ops, in one call on the batch repeated once per view (every image of every view draws its own parameters).
+the loader only delivers uint8 images, and each view is made from the batch with a handful of tensor ops.
 For small images the per-image pipeline is a large share of a step (about a third of a CPU step at 32 px) and
 loader workers can starve a GPU; ``benchmarks/aug_backend.py`` measures both backends.
 
