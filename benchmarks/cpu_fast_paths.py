@@ -1,9 +1,8 @@
 """Training-step time with and without the CPU fast paths, in one process.
 
 The fast paths change no result beyond float rounding: convolutions with a 1x1 output as one matrix product
-(``models/one_pixel.py``), the stem's max-pool in channels-last (``MaxPool2dNHWC``), fused SGD, and all views
-of a step augmented in one call. Each variant below turns one of them off; ``plain`` turns all four off, as
-the code was before them. Variants run in alternating rounds of 5 steps, so all see the same machine
+(``models/one_pixel.py``), the stem's max-pool in channels-last (``MaxPool2dNHWC``) and fused SGD. Each
+variant below turns one of them off; ``plain`` turns all three off, as the code was before them. Variants run in alternating rounds of 5 steps, so all see the same machine
 load; the script prints the median step of each and its ratio to ``fast``.
 
     python benchmarks/cpu_fast_paths.py                           # moco_v2, shapes preset, ~3 min on 2 cores
@@ -30,7 +29,7 @@ from pcl_bench.models.encoders import MaxPool2dNHWC
 from pcl_bench.models.one_pixel import OnePixelConv2d
 from pcl_bench.provenance import machine, provenance
 
-VARIANTS = ("fast", "no_one_pixel", "no_nhwc_pool", "no_fused_sgd", "views_apart", "plain")
+VARIANTS = ("fast", "no_one_pixel", "no_nhwc_pool", "no_fused_sgd", "plain")
 
 
 def without(net: nn.Module, fast_type: type, plain_type: type) -> None:
@@ -44,26 +43,22 @@ def without(net: nn.Module, fast_type: type, plain_type: type) -> None:
 
 
 def variant(base: nn.Module, cfg, name: str):
-    """(model, optimizer, views_in_one_call) of one variant."""
+    """(model, optimizer) of one variant."""
     model = copy.deepcopy(base)
     if name in ("no_one_pixel", "plain"):
         without(model, OnePixelConv2d, nn.Conv2d)
     if name in ("no_nhwc_pool", "plain"):
         without(model, MaxPool2dNHWC, nn.MaxPool2d)
     fused = name not in ("no_fused_sgd", "plain")
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
-                          weight_decay=cfg.weight_decay, fused=fused)
-    return model, opt, name not in ("views_apart", "plain")
+    return model, torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
+                                  weight_decay=cfg.weight_decay, fused=fused)
 
 
-def step_seconds(model, opt, one_call: bool, augment: BatchAugment, images: torch.Tensor) -> float:
+def step_seconds(model, opt, augment: BatchAugment, images: torch.Tensor) -> float:
     """Wall time of one training step from uint8 images: augmentation, forward, backward, SGD."""
     index = torch.arange(images.shape[0])
     t0 = time.perf_counter()
-    if one_call:
-        views = list(augment(images.repeat(2, 1, 1, 1)).chunk(2))
-    else:
-        views = [augment(images) for _ in range(2)]
+    views = [augment(images) for _ in range(2)]
     loss = model(views, index)["loss"]
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -86,18 +81,18 @@ def main() -> None:
     augment = BatchAugment(cfg.aug, cfg.image_size, cfg.crop_min_scale)
     images = torch.randint(0, 256, (cfg.batch_size, 3, 64, 64), dtype=torch.uint8)
     runs = {name: (*variant(base, cfg, name), []) for name in VARIANTS}
-    for model, opt, one_call, _ in runs.values():  # warm-up: allocator, oneDNN kernel choice
+    for model, opt, _ in runs.values():  # warm-up: allocator, oneDNN kernel choice
         for _ in range(3):
-            step_seconds(model, opt, one_call, augment, images)
+            step_seconds(model, opt, augment, images)
     for _ in range(args.steps // 5):
-        for model, opt, one_call, times in runs.values():
-            times += [step_seconds(model, opt, one_call, augment, images) for _ in range(5)]
-    median = {name: statistics.median(r[3]) for name, r in runs.items()}
+        for model, opt, times in runs.values():
+            times += [step_seconds(model, opt, augment, images) for _ in range(5)]
+    median = {name: statistics.median(r[2]) for name, r in runs.items()}
     for name, s in median.items():
         print(f"{name:14s} {s * 1000:6.1f} ms per step  ({s / median['fast']:.2f}x fast)")
     result = {"method": args.method, "dataset": "shapes", "arch": cfg.arch, "image_size": cfg.image_size,
               "batch_size": cfg.batch_size, "bn_splits": cfg.bn_splits, **machine(), "cpus": os.cpu_count(),
-              "steps_per_variant": len(runs["fast"][3]), **{f"{n}_step_s": s for n, s in median.items()},
+              "steps_per_variant": len(runs["fast"][2]), **{f"{n}_step_s": s for n, s in median.items()},
               "speedup_over_plain": median["plain"] / median["fast"], **provenance()}
     write_text(json.dumps(result, indent=2) + "\n", args.output)
     print(f"wrote {args.output}")
