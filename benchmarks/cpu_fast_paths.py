@@ -27,6 +27,7 @@ from pcl_bench.data.batch_augment import BatchAugment
 from pcl_bench.methods import build_method
 from pcl_bench.models.encoders import MaxPool2dNHWC
 from pcl_bench.models.one_pixel import OnePixelConv2d
+from pcl_bench.pretrain import make_optimizer
 from pcl_bench.provenance import machine, provenance
 
 VARIANTS = ("fast", "no_one_pixel", "no_nhwc_pool", "no_fused_sgd", "plain")
@@ -49,9 +50,7 @@ def variant(base: nn.Module, cfg, name: str):
         without(model, OnePixelConv2d, nn.Conv2d)
     if name in ("no_nhwc_pool", "plain"):
         without(model, MaxPool2dNHWC, nn.MaxPool2d)
-    fused = name not in ("no_fused_sgd", "plain")
-    return model, torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
-                                  weight_decay=cfg.weight_decay, fused=fused)
+    return model, make_optimizer(model, cfg, fused=name not in ("no_fused_sgd", "plain"))
 
 
 def step_seconds(model, opt, augment: BatchAugment, images: torch.Tensor) -> float:
