@@ -128,9 +128,9 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "supcon_clop": {"head": "mlp", "temperature": 0.1, "aug": "v2", "cos": True},
 }
 
-# Small-scale settings. 'shapes' is sized so that a run takes about 7 minutes on 2 CPU cores and the full demo
-# (two pretrainings and every protocol) stays under 20 minutes: ResNet-18 with the ImageNet stem on 32 px crops of
-# the 64 px images (4x cheaper than 64 px), 15 epochs of batch 32 with 2 SplitBN sub-batches (2,340 steps: in a
+# Small-scale settings. 'shapes' is sized so that a run takes 7-9 minutes on 2 CPU cores and the full demo
+# (two pretrainings and every protocol) about 20 minutes: ResNet-18 with the ImageNet stem on 32 px crops of
+# the 64 px images (4x cheaper than 64 px), 20 epochs of batch 32 with 2 SplitBN sub-batches (3,120 steps: in a
 # fixed CPU budget, more small steps beat fewer large ones here; see the README), augmented in batches and trained
 # in NCHW (at this size both are faster on a CPU: benchmarks/aug_backend.py, memory_format.py), lr 0.015 (0.06
 # stalls MoCo), a 4096-key queue with m = 0.99 (the MoCo CIFAR demo's choices; moco_v2: 512, pcl_v2: 1024,
@@ -139,9 +139,9 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 # CIFAR follows the MoCo CIFAR-10 demo (small stem, batch 512, lr 0.06, wd 5e-4, K = 4096, m = 0.99) with
 # PCL's over-clustering of salesforce/PCL#7 (K = 1000/2000/4000) but r = 256, not #7's 512: a batch of 512 may
 # leave only 1000 - 512 = 488 clusters free to draw negatives from.
-_SHAPES = {"arch": "resnet18", "stem": "imagenet", "image_size": 32, "epochs": 15, "batch_size": 32,
+_SHAPES = {"arch": "resnet18", "stem": "imagenet", "image_size": 32, "epochs": 20, "batch_size": 32,
            "lr": 0.015, "weight_decay": 5e-4, "moco_m": 0.99, "queue": 4096, "num_cluster": (250, 500, 1000),
-           "proto_negatives": 96, "warmup_epochs": 1, "schedule": (9, 12), "bn_splits": 2,
+           "proto_negatives": 96, "warmup_epochs": 1, "schedule": (12, 16), "bn_splits": 2,
            "aug_backend": "tensor", "channels_last": False}
 _CIFAR = {"arch": "resnet18", "stem": "small", "epochs": 200, "batch_size": 512, "lr": 0.06, "weight_decay": 5e-4,
           "moco_m": 0.99, "queue": 4096, "num_cluster": (1000, 2000, 4000), "proto_negatives": 256,
