@@ -3,7 +3,8 @@
 Each run is the plain command (``pcl-bench pretrain --method M --seed S`` plus any extra options), timed from
 outside, so a row's ``wall_s`` is what a user waits for: data loading, training, E-steps and the final kNN.
 The row joins the run's ``config.json`` (settings and provenance) and ``knn.json`` (the final check: trained
-encoder against a randomly initialised one) and is appended to ``--results``.
+encoder against a randomly initialised one) with the ``shapes`` generator version and is appended to
+``--results``.
 
     python benchmarks/preset_runs.py --methods pcl_v2 moco_v2 --seeds 0 1 2
     python benchmarks/preset_runs.py --methods moco_v2 --seeds 0 --results benchmarks/results/x.jsonl -- --epochs 40
@@ -19,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results" / "shapes_preset_seeds.jsonl"
+from pcl_bench.data.shapes import GENERATOR_VERSION
+
+RESULTS = Path(__file__).parent / "results" / "shapes_preset_runs.jsonl"
 SETTINGS = ["method", "seed", "epochs", "batch_size", "lr", "temperature", "queue", "moco_m", "num_cluster",
             "crop_min_scale", "image_size", "bn_splits", "warmup_epochs"]
 
@@ -35,7 +38,8 @@ def run_row(method: str, seed: int, extra: list[str], out: Path) -> dict[str, An
     run = out / name
     cfg = json.loads((run / "config.json").read_text())
     knn = json.loads((run / "knn.json").read_text())
-    return {"command": " ".join(cmd), **{k: cfg[k] for k in SETTINGS}, "wall_s": round(wall),
+    return {"command": " ".join(cmd), **{k: cfg[k] for k in SETTINGS}, "shapes_version": GENERATOR_VERSION,
+            "wall_s": round(wall),
             "train_time_s": round(knn["train_time_s"]), "knn": knn["knn"],
             "gain": round(knn["knn"][method] - knn["knn"]["random_init"], 2),
             "version": cfg["provenance"]["version"], "git_commit": cfg["provenance"]["git_commit"],
