@@ -30,6 +30,17 @@ def test_generate_shapes_dtypes_and_balance():
     assert x.std() > 10  # not blank images
 
 
+@pytest.mark.parametrize("label", range(len(shapes.FINE_CLASSES)))
+def test_outlines_are_centred_unit_polygons(label):
+    pts = shapes._outline(label, np.random.default_rng(label))
+    assert pts.ndim == 2 and pts.shape[1] == 2 and len(pts) >= 3
+    assert np.isclose(np.linalg.norm(pts, axis=1).max(), 1.0)
+    assert np.allclose(pts.min(0) + pts.max(0), 0.0)  # bounding box centred on the origin
+    x, y = pts.T
+    area = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))  # shoelace
+    assert 0.15 < area <= np.pi  # a solid shape inside the unit disc, not a sliver
+
+
 def test_hierarchy_is_consistent():
     assert len(shapes.FINE_TO_COARSE) == len(shapes.FINE_CLASSES)
     assert sorted(set(shapes.FINE_TO_COARSE)) == list(range(len(shapes.COARSE_CLASSES)))
