@@ -2,8 +2,9 @@
 
 The fast paths change no result beyond float rounding: convolutions with a 1x1 output as one matrix product
 (``models/one_pixel.py``), the stem's max-pool in channels-last (``MaxPool2dNHWC``) and fused SGD. Each
-variant below turns one of them off; ``plain`` turns all three off, as the code was before them. Variants run in alternating rounds of 5 steps, so all see the same machine
-load; the script prints the median step of each and its ratio to ``fast``.
+variant below turns one of them off; ``plain`` turns all three off, as the code was before them. Variants run
+in alternating rounds of 5 steps, so all see the same machine load; the script prints the median step of each
+and its ratio to ``fast``.
 
     python benchmarks/cpu_fast_paths.py                           # moco_v2, shapes preset, ~3 min on 2 cores
     python benchmarks/cpu_fast_paths.py --method pcl_v2 --set image_size=24
