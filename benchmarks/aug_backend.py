@@ -24,13 +24,13 @@ from pcl_bench.config import resolve
 from pcl_bench.data.augment import pretrain_transform
 from pcl_bench.data.batch_augment import BatchAugment
 from pcl_bench.metrics_log import read_epochs
-from pcl_bench.pretrain import image_size, load_dataset, pretrain, resolve_device
+from pcl_bench.pretrain import image_size, load_split, pretrain, resolve_device
 from pcl_bench.provenance import machine, provenance
 
 
 def time_augmentations(cfg, device: torch.device, rounds: int) -> tuple[float, float]:
     """Median seconds to make two views of one batch: (PIL on one thread, BatchAugment on ``device``)."""
-    ds = load_dataset(cfg, cfg.train_split)
+    ds, _ = load_split(cfg, cfg.train_split)
     size = image_size(cfg, ds)
     pil_images = [ds[i][0] for i in range(cfg.batch_size)]  # no transform: PIL images
     batch = torch.stack([PILToTensor()(im) for im in pil_images]).to(device)

@@ -31,8 +31,7 @@ from torch.utils.data import DataLoader
 
 from .atomic import save_figure, write_json
 from .checkpoints import detect_prefix, load_backbone, read_checkpoint
-from .config import DEFAULT_TEST_SPLIT
-from .data import build_dataset
+from .data import build_dataset, default_splits
 from .data.augment import eval_transform
 from .features import extract_features
 from .models.encoders import build_encoder, feature_dim
@@ -157,7 +156,7 @@ def measure_checkpoint(checkpoint: str | os.PathLike, dataset: str, data_root: s
     split, image_size and the number of images).
     """
     backbone, head, info = load_encoder(checkpoint)
-    split = split or DEFAULT_TEST_SPLIT.get(dataset, "test")
+    split = split or default_splits(dataset, data_root)[1]
     ds = build_dataset(dataset, data_root, split, None)
     size = image_size or info["image_size"] or ds.image_size
     ds.transform = eval_transform(size)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data import default_splits
 from .errors import UsageError
 
 
@@ -33,9 +34,12 @@ class PretrainConfig:
     dataset: str = _f("shapes", "dataset name; 'shapes' is generated locally and needs no --data-root")
     data_root: str | None = _f(None, "dataset root folder (its expected layout is printed if it is wrong)")
     train_split: str = _f("train", "split used for pretraining and for clustering")
-    test_split: str | None = _f(None, "labelled split for the final kNN check (default: test, or val for imagenet)")
+    test_split: str | None = _f(None, "labelled split for the final kNN check (default: the dataset's test split: "
+                                      "val for imagenet and places205; test/ or val/ of an imagefolder tree)")
     subset_per_class: int | None = _f(None, "pretrain on a seeded class-balanced subset of this many images per class")
     download: bool = _f(False, "download cifar10/cifar100/stl10 into --data-root if missing (needs internet)")
+    skip_corrupt: bool = _f(False, "decode every image of the splits first and leave out (and list, in the run "
+                                   "folder) the unreadable ones; without it an unreadable image stops the run")
     # encoder
     arch: str = _f("resnet50", "backbone: resnet18, resnet34 or resnet50")
     stem: str = _f("imagenet", "'imagenet' (7x7/2 conv + max-pool) or 'small' (3x3/1 conv, no pool, for 32 px)")
@@ -102,14 +106,19 @@ class PretrainConfig:
     knn_k: int = _f(20, "final check: number of neighbours of the weighted kNN")
     knn_t: float = _f(0.07, "final check: kNN temperature, weights exp(sim / t)")
     final_knn: bool = _f(True, "after training, print kNN accuracy of the backbone next to a random encoder's")
+    smoke: bool = _f(False, "try the configured run on a few hundred images first: 2 epochs (1 warm-up), an "
+                            "E-step and ProtoNCE steps, a checkpoint and a resume from it, the final kNN; in "
+                            "run folder <name>-smoke, about a minute on a CPU at 32 px")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out) / (self.name or f"{self.method}_{self.dataset}")
 
-    @property
-    def num_negative_prototypes(self) -> int:
-        return self.proto_negatives if self.proto_negatives is not None else self.queue
+    def __post_init__(self) -> None:
+        # The reference uses one r for the queue and the negative prototypes: fill it in here, so that every
+        # reader (validation, the method, the saved config) sees the same number.
+        if self.proto_negatives is None:
+            self.proto_negatives = self.queue
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -161,7 +170,6 @@ SCALE_METHOD_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("shapes", "moco_v2"): {"queue": 512},
     ("shapes", "pcl_v2"): {"queue": 1024},
 }
-DEFAULT_TEST_SPLIT = {"imagenet": "val", "stl10": "test"}
 
 
 def resolve(overrides: dict[str, Any]) -> PretrainConfig:
@@ -180,16 +188,17 @@ def resolve(overrides: dict[str, Any]) -> PretrainConfig:
         raise UsageError(f"unknown config keys {sorted(unknown)}")
     cfg = PretrainConfig(**values)
     cfg.num_cluster, cfg.schedule = list(cfg.num_cluster), list(cfg.schedule)
-    if cfg.test_split is None:
-        cfg.test_split = DEFAULT_TEST_SPLIT.get(dataset, "test")
     return cfg
 
 
 def set_world(cfg: PretrainConfig, world_size: int) -> None:
-    """Fill in what depends on the machine and the number of processes: ``bn_splits`` 0 means 8 alone and off
-    under torchrun; ``workers`` None means none with ``aug_backend='tensor'`` (the loader then only wraps
-    in-memory arrays, and starting worker processes every epoch costs more: 1-2 s of an 18 s shapes epoch on
-    2 cores), else the node's CPU cores per training process, between 1 and 8."""
+    """Fill in what depends on the machine, the number of processes and the dataset: ``bn_splits`` 0 means 8
+    alone and off under torchrun; ``workers`` None means none with ``aug_backend='tensor'`` (the loader then
+    only wraps in-memory arrays, and starting worker processes every epoch costs more: 1-2 s of an 18 s
+    shapes epoch on 2 cores), else the node's CPU cores per training process, between 1 and 8;
+    ``test_split`` None means the dataset's own test split."""
+    if cfg.test_split is None:
+        cfg.test_split = default_splits(cfg.dataset, cfg.data_root)[1]
     if cfg.bn_splits == 0:
         cfg.bn_splits = 8 if world_size == 1 else 1
     if cfg.workers is None and cfg.aug_backend == "tensor":
@@ -212,7 +221,6 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
     from .methods import METHODS, method_class
     from .methods.clop import CLOPTerm
     from .methods.momentum import MomentumContrast
-    from .methods.pcl import PCL
     from .models import ARCHS, HEADS, STEMS
 
     choices = {"method": METHODS, "arch": ARCHS, "stem": STEMS, "head": HEADS, "aug": AUGMENTATIONS,
@@ -234,7 +242,7 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
     if issubclass(method, MomentumContrast) and cfg.queue % cfg.batch_size:
         raise UsageError(f"--queue {cfg.queue} is not a multiple of the global batch {cfg.batch_size}; "
                          f"use e.g. --queue {cfg.batch_size * max(1, cfg.queue // cfg.batch_size)}")
-    if issubclass(method, PCL):
+    if method.clusters:
         if not cfg.num_cluster:
             raise UsageError("--num-cluster is empty; give at least one K, e.g. --num-cluster 250,500,1000")
         if max(cfg.num_cluster) > num_samples:
@@ -242,18 +250,74 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
                              f"images; use at most {num_samples} prototypes")
         if cfg.kmeans_iters < 1 or cfg.kmeans_restarts < 1:
             raise UsageError("--kmeans-iters and --kmeans-restarts must be at least 1")
-        r, k_min = cfg.num_negative_prototypes, min(cfg.num_cluster)
-        if r > k_min - local_b:
-            raise UsageError(f"{r} negative prototypes cannot be drawn from the {k_min} - {local_b} clusters that a "
-                             f"batch of {local_b} may leave free; use --proto-negatives <= {k_min - local_b} or "
-                             f"a larger smallest --num-cluster")
-    if local_b % max(cfg.bn_splits, 1):
-        raise UsageError(f"the per-process batch {local_b} is not divisible by --bn-splits {cfg.bn_splits}")
+        check_proto_negatives(cfg.proto_negatives, min(cfg.num_cluster), local_b)
+    check_bn_splits(local_b, cfg.bn_splits, world_size)
     if cfg.subset_per_class is not None and cfg.subset_per_class < 1:
         raise UsageError("--subset-per-class must be positive")
     validate_labels(cfg, method)
     if issubclass(method, CLOPTerm) and num_classes is not None:
         check_prototypes_fit(num_classes, cfg.dim)
+
+
+SMOKE_IMAGES = 256  # a smoke run trains on at least this many images, and on at least four batches
+
+
+def smoke_config(cfg: PretrainConfig, num_samples: int, num_classes: int) -> PretrainConfig:
+    """``cfg`` cut down to a smoke run (``--smoke``): two epochs of which the first is the warm-up, on a
+    class-balanced subset of about max(256, 4 batches) images, in run folder ``<name>-smoke``."""
+    images = min(num_samples, max(SMOKE_IMAGES, 4 * cfg.batch_size))
+    per_class = -(-images // num_classes)
+    return dataclasses.replace(
+        cfg, name=cfg.run_dir.name + "-smoke", epochs=2, warmup_epochs=1, save_every=1, resume=False,
+        overwrite=True, subset_per_class=min(per_class, cfg.subset_per_class or per_class))
+
+
+def fit_smoke_clusters(cfg: PretrainConfig, num_samples: int, world_size: int) -> tuple[PretrainConfig, str]:
+    """A smoke config whose K and r fit its ``num_samples`` images, and a note of what changed ("" if
+    nothing): the K spread up to ``num_samples / 2`` (clusters of two images on average, so that every
+    clustering has concentrations to estimate), r at most a quarter of the clusters a batch leaves free."""
+    from .methods import method_class
+
+    local_b, ks, r = cfg.batch_size // world_size, cfg.num_cluster, cfg.proto_negatives
+    largest = num_samples // 2
+    if not method_class(cfg).clusters or (max(ks) <= largest and min(ks) - local_b >= max(r, 1)):
+        return cfg, ""
+    r = min(r, max(1, (largest - local_b) // 4))
+    lowest = local_b + r + 1  # the smallest K that leaves r clusters free of a batch
+    if lowest > largest:
+        raise UsageError(f"--smoke: {num_samples} training images are too few for twice a batch of {local_b} "
+                         f"plus negative prototypes; use a smaller --batch-size")
+    fitted = [lowest + round((largest - lowest) * (i + 1) / len(ks)) for i in range(len(ks))]
+    note = (f"; K {','.join(map(str, ks))} -> {','.join(map(str, fitted))} and r {cfg.proto_negatives} -> {r} "
+            f"to fit {num_samples} images")
+    return dataclasses.replace(cfg, num_cluster=fitted, proto_negatives=r), note
+
+
+def check_proto_negatives(r: int, k_min: int, local_b: int) -> None:
+    """ProtoNCE draws r negatives from the clusters no sample of the batch is in: at least k_min - local_b."""
+    if r < 0:
+        raise UsageError(f"--proto-negatives {r} is negative; use a count of prototypes, e.g. 16")
+    free = k_min - local_b
+    if free < 1:
+        raise UsageError(f"the smallest --num-cluster {k_min} leaves no cluster free of a batch of {local_b}, "
+                         f"so ProtoNCE has no negative prototypes to draw; use K above {local_b + max(r, 1)} "
+                         f"(K > batch per process + r) or a smaller --batch-size")
+    if r > free:
+        raise UsageError(f"--proto-negatives {r} (r; it defaults to --queue) is more than the {k_min} - {local_b}"
+                         f" = {free} clusters that a batch of {local_b} may leave free; use --proto-negatives "
+                         f"{free} or less, or a larger smallest --num-cluster")
+
+
+def check_bn_splits(local_b: int, splits: int, world_size: int) -> None:
+    """SplitBatchNorm normalises each of ``splits`` sub-batches alone: each needs at least 2 images."""
+    splits = max(splits, 1)
+    if local_b % splits:
+        raise UsageError(f"the per-process batch {local_b} is not divisible by --bn-splits {splits}")
+    if local_b // splits < 2:
+        raise UsageError(f"--batch-size {local_b * world_size} leaves {local_b // splits} image per BatchNorm "
+                         f"sub-batch ({local_b} per process / --bn-splits {splits}), and BatchNorm needs at least "
+                         f"2; use --bn-splits {max(local_b // 2, 1)} or fewer, or --batch-size "
+                         f"{2 * splits * world_size} or more")
 
 
 def validate_labels(cfg: PretrainConfig, method: type) -> None:

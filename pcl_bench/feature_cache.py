@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models import ResNet
 
+from . import paths
 from .atomic import save_npz
 from .errors import UsageError
 from .features import extract_features
@@ -64,12 +65,6 @@ FEATURE_FNS: dict[str, Callable[[ResNet, torch.Tensor], torch.Tensor]] = {
     "pool": backbone_features, "places": places_features, "res5_2x2": res5_2x2_features}
 
 
-def default_cache_dir() -> Path:
-    """``$PCL_BENCH_CACHE/features`` if that variable is set, else ``~/.cache/pcl-bench/features``."""
-    base = os.environ.get("PCL_BENCH_CACHE")
-    return Path(base) / "features" if base else Path.home() / ".cache" / "pcl-bench" / "features"
-
-
 def cache_key(ckpt_sha256: str, dataset_key: str, kind: str, n: int) -> str:
     """File stem ``<kind>-<32 hex>``: a sha256 of the checkpoint hash, dataset key, kind, size and version."""
     fields = {"checkpoint": ckpt_sha256, "dataset": dataset_key, "kind": kind, "n": n,
@@ -89,7 +84,7 @@ def cached_features(backbone: ResNet, ckpt_sha256: str, dataset: Dataset, datase
     if kind not in FEATURE_FNS:
         raise UsageError(f"unknown feature kind {kind!r}; choose one of {', '.join(FEATURE_FNS)}")
     key = cache_key(ckpt_sha256, dataset_key, kind, len(dataset))
-    path = Path(cache_dir or default_cache_dir()) / f"{key}.npz"
+    path = Path(cache_dir or paths.cache_dir("features")) / f"{key}.npz"
     if path.exists():
         print(f"features: cache hit {key}", file=sys.stderr)
         with np.load(path) as f:

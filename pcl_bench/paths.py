@@ -6,6 +6,7 @@ from a checkout whichever way the package was installed.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import UsageError
@@ -20,3 +21,9 @@ def repo_path(*parts: str) -> Path:
             return base / Path(*parts)
     raise UsageError(f"{Path(*parts)} not found next to the package or in {Path.cwd()}; run pcl-bench from "
                      f"the pcl-bench checkout (or install it with pip install -e .)")
+
+
+def cache_dir(kind: str) -> Path:
+    """``$PCL_BENCH_CACHE/<kind>`` if that variable is set, else ``~/.cache/pcl-bench/<kind>``."""
+    base = os.environ.get("PCL_BENCH_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "pcl-bench") / kind

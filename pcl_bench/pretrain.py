@@ -10,7 +10,7 @@ uninterrupted run would have (model, key encoder, queue, optimizer, augmentation
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import math
 import random
@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,10 +32,11 @@ from tqdm import tqdm
 from . import distributed as D
 from .atomic import save_torch, write_json
 from .cluster_stats import cluster_statistics
-from .config import PretrainConfig, resolve, set_world, validate
-from .data import InstanceSubset, balanced_subset, build_dataset
+from .config import PretrainConfig, fit_smoke_clusters, resolve, set_world, smoke_config, validate
+from .data import balanced_subset, build_dataset, with_transform
 from .data.augment import TwoCropsTransform, eval_transform, pretrain_transform
 from .data.batch_augment import BatchAugment
+from .data.corrupt import skip_unreadable
 from .e_step import ClusterResult, e_step
 from .errors import UsageError
 from .features import extract_features
@@ -54,14 +56,23 @@ class TrainingDiverged(RuntimeError):
 
 
 def config_for_run(overrides: dict[str, Any]) -> PretrainConfig:
-    """The run's config: presets + ``overrides``, or, with ``resume``, the saved config + allowed overrides."""
+    """The run's config: presets + ``overrides``, or, with ``resume``, the saved config + allowed overrides.
+
+    ``--resume`` on a run folder without a checkpoint (a run stopped before its first epoch ended) starts
+    that run afresh from ``overrides``, as a plain start would.
+    """
     cfg = resolve(overrides)
     if not cfg.resume:
         return cfg
     saved_path = cfg.run_dir / "config.json"
-    if not (cfg.run_dir / "last.pt").exists() or not saved_path.exists():
-        raise UsageError(f"--resume: no checkpoint in {cfg.run_dir} (expected last.pt and config.json); "
-                         f"start the run without --resume")
+    if not (cfg.run_dir / "last.pt").exists():
+        if not _stopped_before_first_checkpoint(cfg.run_dir):
+            raise UsageError(f"--resume: no run in {cfg.run_dir} (expected last.pt and config.json); "
+                             f"start the run without --resume")
+        return dataclasses.replace(cfg, resume=False)
+    if not saved_path.exists():
+        raise UsageError(f"--resume: {cfg.run_dir} has last.pt but no config.json; restore config.json or "
+                         f"start another run with --name")
     saved = json.loads(saved_path.read_text())
     saved.pop("provenance", None)
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -75,16 +86,34 @@ def config_for_run(overrides: dict[str, Any]) -> PretrainConfig:
     return PretrainConfig(**saved)
 
 
+# What the engine writes into a run folder before its first checkpoint.
+_EARLY_FILES = {"config.json", "metrics.jsonl", "epochs.csv", "tb", "clusters.pt", "label_subset.json",
+                "skipped_images.json"}
+
+
+def _stopped_before_first_checkpoint(run_dir: Path) -> bool:
+    """True if ``run_dir`` holds only what a run writes before its first checkpoint (and something of it)."""
+    if not run_dir.is_dir():
+        return False
+    names = {p.name for p in run_dir.iterdir() if not p.name.startswith(".")}  # atomic writes' temporaries
+    return bool(names) and names <= _EARLY_FILES and "config.json" in names
+
+
 def _as_json(v: Any) -> Any:
     return json.loads(json.dumps(list(v) if isinstance(v, tuple) else v))
 
 
 def prepare_run_dir(cfg: PretrainConfig) -> None:
+    """Create the run folder; an existing run is only replaced with ``--overwrite``, except one that stopped
+    before its first checkpoint, which holds nothing to lose and is started afresh."""
     run_dir = cfg.run_dir
     if cfg.resume or not run_dir.exists() or not any(run_dir.iterdir()):
         run_dir.mkdir(parents=True, exist_ok=True)
         return
-    if not cfg.overwrite:
+    if _stopped_before_first_checkpoint(run_dir):
+        print(f"{run_dir} holds a run that stopped before its first checkpoint; starting it afresh",
+              file=sys.stderr)
+    elif not cfg.overwrite:
         raise UsageError(f"run folder {run_dir} already holds a run; pass --resume to continue it, "
                          f"--overwrite to replace it, or --name to start another")
     shutil.rmtree(run_dir)
@@ -125,20 +154,16 @@ def adjust_learning_rate(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, 
     return lr
 
 
-def with_transform(ds: Dataset, transform) -> Dataset:
-    """A shallow copy of ``ds`` (sharing its arrays and file lists) with another transform."""
-    if isinstance(ds, InstanceSubset):
-        return InstanceSubset(with_transform(ds.dataset, transform), ds.indices)
-    ds = copy.copy(ds)
-    ds.transform = transform
-    return ds
-
-
-def load_dataset(cfg: PretrainConfig, split: str) -> Dataset:
+def load_split(cfg: PretrainConfig, split: str) -> tuple[Dataset, list[str]]:
+    """``split`` as configured (the training split cut to ``--subset-per-class``, also the test split of a
+    smoke run) and, with ``--skip-corrupt``, without its unreadable images, whose paths come second."""
     ds = build_dataset(cfg.dataset, cfg.data_root, split, None, download=cfg.download)
-    if cfg.subset_per_class and split == cfg.train_split:
+    skipped: list[str] = []
+    if cfg.skip_corrupt:
+        ds, skipped = skip_unreadable(ds, cfg.workers if cfg.workers is not None else 2)
+    if cfg.subset_per_class and (split == cfg.train_split or cfg.smoke):
         ds = balanced_subset(ds, cfg.subset_per_class, cfg.seed)
-    return ds
+    return ds, skipped
 
 
 def image_size(cfg: PretrainConfig, ds: Dataset) -> int:
@@ -181,16 +206,23 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, fused: bool = Tr
     return torch.optim.SGD(params, **hyper)
 
 
-def save_checkpoint(cfg: PretrainConfig, model: Method, optimizer, epoch: int) -> None:
+def save_checkpoint(cfg: PretrainConfig, model: Method, optimizer, epoch: int, num_samples: int) -> None:
     state = {"epoch": epoch + 1, "method": cfg.method, "arch": cfg.arch, "config": json.loads(cfg.to_json()),
-             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), **provenance()}
+             "num_samples": num_samples, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+             **provenance()}
     save_torch(state, cfg.run_dir / "last.pt")
     if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
         shutil.copyfile(cfg.run_dir / "last.pt", cfg.run_dir / f"checkpoint_{epoch:04d}.pt")
 
 
-def load_checkpoint(cfg: PretrainConfig, model: Method, optimizer) -> int:
+def load_checkpoint(cfg: PretrainConfig, model: Method, optimizer, num_samples: int) -> int:
+    """Restore ``last.pt``; the run must continue on the same training images (their count is checked: PCL's
+    clusters, InstDisc's memory bank and the label subset are indexed by image)."""
     ckpt = torch.load(cfg.run_dir / "last.pt", map_location="cpu", weights_only=False)
+    if ckpt.get("num_samples", num_samples) != num_samples:
+        raise UsageError(f"--resume: {cfg.run_dir} trained on {ckpt['num_samples']} images but the training "
+                         f"split now has {num_samples}; restore the dataset as it was (and --skip-corrupt as "
+                         f"it was), or start a new run with --name")
     model.load_state_dict(ckpt["state_dict"])
     optimizer.load_state_dict(ckpt["optimizer"])
     return ckpt["epoch"]
@@ -267,16 +299,59 @@ def dataset_labels(ds: Dataset) -> dict[str, np.ndarray]:
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    """Train ``cfg.method`` and return the final summary (epochs, seconds, kNN accuracies)."""
+    """Check ``cfg`` against its training split, then train (:func:`train`) or, with ``--smoke``, run
+    :func:`smoke`. Returns the summary of the run (epochs, seconds, kNN accuracies)."""
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(D.local_rank())
     D.init(device.type)
     set_world(cfg, D.world_size())
-    base = load_dataset(cfg, cfg.train_split)
-    validate(cfg, len(base), D.world_size(), num_classes=len(base.classes))
+    base, skipped = load_split(cfg, cfg.train_split)
+    if cfg.final_knn:  # checked now, not after days of training
+        load_split(cfg, cfg.test_split)
+    try:
+        validate(cfg, len(base), D.world_size(), num_classes=len(base.classes))
+    except UsageError as problem:
+        if not cfg.smoke:
+            raise
+        # A smoke run still runs (with settings that fit its images), then reports what the full run would hit.
+        print(f"note: the full run would stop at once: {problem}", file=sys.stderr)
+        smoke(cfg, len(base), len(base.classes), device)
+        raise UsageError(f"the smoke run passed, but the full run would stop at once: {problem}") from None
+    if cfg.smoke:
+        return smoke(cfg, len(base), len(base.classes), device)
+    return train(cfg, base, skipped, device)
+
+
+def smoke(cfg: PretrainConfig, num_samples: int, num_classes: int, device: torch.device) -> dict[str, Any]:
+    """The configured recipe on a few hundred images, every phase once: a warm-up epoch, a checkpoint, a
+    resume from it, an E-step and ProtoNCE steps (methods that cluster), the final kNN check. The run folder
+    is ``<name>-smoke``; the settings a few hundred images cannot hold are printed before it starts."""
+    t0 = time.perf_counter()
+    small_cfg = smoke_config(cfg, num_samples, num_classes)
+    base, skipped = load_split(small_cfg, small_cfg.train_split)
+    small_cfg, changes = fit_smoke_clusters(small_cfg, len(base), D.world_size())
+    validate(small_cfg, len(base), D.world_size(), num_classes=len(base.classes))
+    if D.is_main():
+        print(f"smoke run of {cfg.method} in {small_cfg.run_dir}: {len(base)} training images, 2 epochs (1 "
+              f"warm-up), resumed after the first; otherwise as configured{changes}", flush=True)
+    train(small_cfg, base, skipped, device, stop_after=1)
+    summary = train(dataclasses.replace(small_cfg, resume=True, overwrite=False), base, skipped, device)
+    if D.is_main():
+        print(f"smoke run passed in {time.perf_counter() - t0:.0f} s: every phase ran; drop --smoke for the "
+              f"real run", flush=True)
+    return summary
+
+
+def train(cfg: PretrainConfig, base: Dataset, skipped: list[str], device: torch.device,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Train ``cfg.method`` on ``base`` (its training split, checked by :func:`validate`); ``skipped``: the
+    unreadable images left out of it. ``stop_after``: end after that many epochs, without the final kNN
+    check (a run to be resumed)."""
     if D.is_main():
         prepare_run_dir(cfg)
+        if skipped:
+            write_json({cfg.train_split: skipped}, cfg.run_dir / "skipped_images.json")
     D.barrier()
     size = image_size(cfg, base)
     method_cls = METHODS[cfg.method]
@@ -289,7 +364,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         model.attach_labels(partial_labels(cfg, base), len(base.classes), cfg)
     model = model.to(device, memory_format=memory_format(cfg))
     optimizer = make_optimizer(model, cfg)
-    start_epoch = load_checkpoint(cfg, model, optimizer) if cfg.resume else 0
+    start_epoch = load_checkpoint(cfg, model, optimizer, len(base)) if cfg.resume else 0
     ddp = DistributedDataParallel(model, device_ids=[D.local_rank()] if device.type == "cuda" else None) \
         if D.is_dist() else model
     train_loader, cluster_loader, sampler = make_loaders(cfg, train_set, cluster_set, device)
@@ -300,11 +375,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         logger.truncate_from(start_epoch)
     labels = dataset_labels(base)
     t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)):
         seed_epoch(cfg.seed, epoch, D.rank())
         t0 = time.perf_counter()
         clusters, timing = None, {}
-        if model.clustering_encoder is not None and epoch >= cfg.warmup_epochs:
+        if model.clusters and epoch >= cfg.warmup_epochs:
             clusters, timing, stats = cluster_epoch(model, cluster_loader, len(base), cfg, device, labels)
             if logger:
                 logger.log("cluster", epoch=epoch, **timing, granularities=stats)
@@ -315,14 +390,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         means = train_one_epoch(ddp, train_loader, optimizer, clusters, epoch, cfg, logger, device, augment)
         t2 = time.perf_counter()
         if D.is_main():
-            save_checkpoint(cfg, model, optimizer, epoch)
+            save_checkpoint(cfg, model, optimizer, epoch, len(base))
             images = len(train_loader) * cfg.batch_size
             row = {"epoch": epoch, "lr": lr, **means, "epoch_s": t2 - t0, "train_s": t2 - t1,
                    "estep_s": t1 - t0, "images_per_s": images / (t2 - t1), **timing}
             logger.log("epoch", **row)
             print(_epoch_line(row, cfg.epochs), flush=True)
     summary = {"run_dir": str(cfg.run_dir), "epochs": cfg.epochs, "train_time_s": time.perf_counter() - t_start}
-    if D.is_main() and cfg.final_knn:
+    if D.is_main() and cfg.final_knn and stop_after is None:
         summary.update(final_knn(cfg, model, device))
         write_json(summary, cfg.run_dir / "knn.json")
     if logger:
@@ -339,9 +414,7 @@ def _epoch_line(row: dict[str, float], epochs: int) -> str:
 
 def final_knn(cfg: PretrainConfig, model: Method, device: torch.device) -> dict[str, Any]:
     """kNN top-1 of the trained backbone on the test split, next to a randomly initialised encoder's."""
-    bank_split = cfg.train_split if "unlabeled" not in cfg.train_split else "train"
-    bank = load_dataset(cfg, bank_split)
-    test = load_dataset(cfg, cfg.test_split)
+    (bank, _), (test, skipped) = load_split(cfg, knn_bank_split(cfg)), load_split(cfg, cfg.test_split)
     tf = eval_transform(image_size(cfg, bank))
     loaders = [DataLoader(with_transform(ds, tf), 256, num_workers=cfg.workers, worker_init_fn=_worker_init)
                for ds in (bank, test)]
@@ -357,4 +430,11 @@ def final_knn(cfg: PretrainConfig, model: Method, device: torch.device) -> dict[
     print(f"\nkNN top-1 on {cfg.dataset} {cfg.test_split} (k={cfg.knn_k}, t={cfg.knn_t}, backbone features)\n"
           f"  random init  {results['random_init']:6.2f}\n"
           f"  {cfg.method:<12} {results[cfg.method]:6.2f}  ({gain:+.2f})", flush=True)
-    return {"knn": {"k": cfg.knn_k, "t": cfg.knn_t, "split": cfg.test_split, **results}}
+    return {"knn": {"k": cfg.knn_k, "t": cfg.knn_t, "split": cfg.test_split, **results,
+                    **({"skipped_images": skipped} if skipped else {})}}
+
+
+def knn_bank_split(cfg: PretrainConfig) -> str:
+    """The labelled split the final kNN check uses as its bank: the training split, or ``train`` for STL-10's
+    unlabelled ones."""
+    return cfg.train_split if "unlabeled" not in cfg.train_split else "train"

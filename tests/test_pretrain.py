@@ -111,7 +111,7 @@ def test_two_process_gloo_ddp(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--proto-negatives", "16"], "negative prototypes"),
+    (["--proto-negatives", "16"], "use --proto-negatives 8 or less"),
     (["--queue", "40"], "not a multiple of the global batch"),
     (["--num-cluster", "24,500"], "larger than the 120 training images"),
     (["--method", "byol"], "unknown --method"),
@@ -121,7 +121,7 @@ def test_two_process_gloo_ddp(tmp_path):
     (["--aug-backend", "dali"], "unknown --aug-backend"),
     (["--dataset", "mnist"], "unknown dataset"),
     (["--dataset", "cifar10", "--data-root", "/nonexistent"], "cifar-10-batches-py"),
-    (["--resume"], "--resume: no checkpoint"),
+    (["--resume"], "--resume: no run in"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
     """Constraints are checked up front: exit code 2, one line naming the problem."""

@@ -7,6 +7,7 @@ from PIL import Image
 
 from pcl_bench.data import shapes
 from pcl_bench.errors import UsageError
+from pcl_bench.paths import cache_dir
 
 PER_CLASS = 4
 
@@ -80,9 +81,9 @@ def test_cache_is_written_once_and_reused(tmp_path, monkeypatch):
 
 def test_default_cache_dir_honours_env(tmp_path, monkeypatch):
     monkeypatch.setenv("PCL_BENCH_CACHE", str(tmp_path))
-    assert shapes.default_cache_dir() == tmp_path / "shapes"
+    assert cache_dir("shapes") == tmp_path / "shapes"
     monkeypatch.delenv("PCL_BENCH_CACHE")
-    assert shapes.default_cache_dir().parts[-2:] == ("pcl-bench", "shapes")
+    assert cache_dir("shapes").parts[-2:] == ("pcl-bench", "shapes")
 
 
 def test_bad_split_raises_usage_error(tmp_path):

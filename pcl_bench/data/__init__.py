@@ -6,6 +6,7 @@ Every dataset returns ``(transform(img), target, index)`` items and has ``target
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 
@@ -64,6 +65,43 @@ DATASETS: dict[str, Callable[[str | None, str, Transform], Dataset]] = {
 }
 
 
+# (training split, test split) of each dataset as its release names them; ImageFolder trees are looked at.
+SPLITS: dict[str, tuple[str, str]] = {
+    "shapes": ("train", "test"), "imagenet": ("train", "val"), "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"), "stl10": ("train", "test"), "places205": ("train", "val"),
+    "shapes-voc": ("trainval", "test"), "voc07": ("trainval", "test"), "voc07+12": ("trainval", "test"),
+    "voc12": ("train", "val"),
+}
+
+
+def default_splits(name: str, root: str | os.PathLike | None) -> tuple[str, str]:
+    """The (training, test) splits of dataset ``name``; for ``imagefolder``, ``train`` and whichever of
+    ``test`` or ``val`` (in that order) the tree at ``root`` has."""
+    if name != "imagefolder":
+        if name not in SPLITS:
+            raise UsageError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+        return SPLITS[name]
+    if root is None:
+        raise UsageError("--data-root is required for imagefolder")
+    root = os.path.expanduser(os.fspath(root))
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir()) if os.path.isdir(root) else []
+    test = next((s for s in ("test", "val") if s in found), None)
+    if "train" not in found or test is None:
+        raise UsageError(f"imagefolder: {root} has sub-folders {', '.join(found) or 'none'}, not train/ and "
+                         f"test/ (or val/); expected {ImageFolderInstance.layout}, or pass --train-split and "
+                         f"--test-split")
+    return "train", test
+
+
+def with_transform(ds: Dataset, transform) -> Dataset:
+    """A shallow copy of ``ds`` (sharing its arrays and file lists) with another transform."""
+    if isinstance(ds, InstanceSubset):
+        return InstanceSubset(with_transform(ds.dataset, transform), ds.indices)
+    ds = copy.copy(ds)
+    ds.transform = transform
+    return ds
+
+
 def build_dataset(
     name: str, root: str | os.PathLike | None, split: str, transform: Transform = None, download: bool = False
 ) -> Dataset:
@@ -108,4 +146,6 @@ __all__ = [
     "VOCDetection",
     "balanced_subset",
     "build_dataset",
+    "default_splits",
+    "with_transform",
 ]

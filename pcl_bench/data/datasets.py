@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pcl_bench.errors import UsageError
+from pcl_bench.data.corrupt import DECODE_ERRORS, open_rgb
+from pcl_bench.errors import CorruptImage, UsageError
 
 Transform = Callable[[Image.Image], Any] | None
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
@@ -121,8 +122,11 @@ class ImageFolderInstance(Dataset):
 
     @staticmethod
     def _native_size(path: str) -> int:
-        with Image.open(path) as img:  # reads the header only
-            return min(224, *img.size)
+        try:
+            with Image.open(path) as img:  # reads the header only
+                return min(224, *img.size)
+        except DECODE_ERRORS as e:
+            raise CorruptImage.at(path, f"{type(e).__name__}: {e}") from None
 
     def path(self, i: int) -> str:
         return os.path.join(self.split_dir, os.fsdecode(self._files[i]))
@@ -131,9 +135,7 @@ class ImageFolderInstance(Dataset):
         return len(self.targets)
 
     def __getitem__(self, i: int) -> tuple[Any, int, int]:
-        with Image.open(self.path(i)) as img:
-            rgb = img.convert("RGB")
-        return _apply(self.transform, rgb), int(self.targets[i]), i
+        return _apply(self.transform, open_rgb(self.path(i))), int(self.targets[i]), i
 
 
 class ImageNet(ImageFolderInstance):
@@ -431,8 +433,8 @@ def _extract(name: str, archive: str, root: str, folder: str) -> None:
 class InstanceSubset(Dataset):
     """``dataset`` restricted to ``indices``; item ``j`` is ``(x, target, j)`` with its own index ``j``.
 
-    ``targets`` (and ``coarse_targets`` if the parent has them) are sliced; ``classes``, ``image_size`` and
-    ``coarse_classes`` are the parent's.
+    ``targets`` and ``coarse_targets`` (where the parent has them) are sliced; ``classes``, ``image_size``,
+    ``coarse_classes`` and ``path(j)`` are the parent's.
     """
 
     def __init__(self, dataset: Dataset, indices: Sequence[int] | np.ndarray):
@@ -440,17 +442,21 @@ class InstanceSubset(Dataset):
         self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(self.indices) and not 0 <= self.indices.min() <= self.indices.max() < len(dataset):
             raise IndexError(f"subset indices must lie in [0, {len(dataset)})")
-        self.targets = np.asarray(dataset.targets)[self.indices]
-        self.classes = dataset.classes
-        self.image_size = dataset.image_size
-        if hasattr(dataset, "coarse_targets"):
-            self.coarse_targets = np.asarray(dataset.coarse_targets)[self.indices]
-            self.coarse_classes = dataset.coarse_classes
+        for name in ("targets", "coarse_targets"):
+            if getattr(dataset, name, None) is not None:
+                setattr(self, name, np.asarray(getattr(dataset, name))[self.indices])
+        for name in ("classes", "image_size", "coarse_classes"):
+            if hasattr(dataset, name):
+                setattr(self, name, getattr(dataset, name))
+
+    def path(self, j: int) -> Any:
+        """The file of item ``j`` (datasets of image files only)."""
+        return self.dataset.path(int(self.indices[j]))
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, j: int) -> tuple[Any, int, int]:
+    def __getitem__(self, j: int) -> tuple[Any, Any, int]:
         x, target, _ = self.dataset[int(self.indices[j])]
         return x, target, j
 

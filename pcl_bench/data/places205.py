@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from pcl_bench.data.corrupt import open_rgb
 from pcl_bench.errors import UsageError
 
 LISTS = "trainvalsplit_places205"
@@ -101,6 +102,5 @@ class Places205(Dataset):
         return len(self.targets)
 
     def __getitem__(self, i: int) -> tuple[Any, int, int]:
-        with Image.open(self.path(i)) as img:
-            rgb = img.convert("RGB")
+        rgb = open_rgb(self.path(i))
         return (rgb if self.transform is None else self.transform(rgb)), int(self.targets[i]), i

@@ -39,7 +39,7 @@ so a given (split, seed, per_class, size) always gives byte-identical arrays, an
 never share a random stream.
 
 Cache. Generating the default splits takes several seconds, so ``ShapesDataset`` saves each split as
-a compressed ``.npz`` in a cache directory (``default_cache_dir()``: ``$PCL_BENCH_CACHE/shapes`` or
+a compressed ``.npz`` in a cache directory (``cache_dir("shapes")``: ``$PCL_BENCH_CACHE/shapes`` or
 ``~/.cache/pcl-bench/shapes``) and loads it on later use. The file name contains ``GENERATOR_VERSION``
 and the parameters; bump the version whenever the generator's output changes.
 """
@@ -56,6 +56,7 @@ import torch.utils.data
 from PIL import Image, ImageDraw, ImageFilter
 
 from pcl_bench.errors import UsageError
+from pcl_bench.paths import cache_dir
 
 GENERATOR_VERSION = 4  # v1: vivid colours, full-contrast textures; v3: pentagon and hexagon, 35-75 % diameters
 
@@ -79,12 +80,6 @@ OUTLINE_ONLY = 0.25  # share of shapes drawn as a thick outline instead of fille
 MAX_CLUTTER = 3  # distractors per image: 0..MAX_CLUTTER
 MAX_SATURATION = 0.5  # colours are muted: see _random_colour
 LUMA = np.array([0.299, 0.587, 0.114])
-
-
-def default_cache_dir() -> pathlib.Path:
-    """``$PCL_BENCH_CACHE/shapes`` if that variable is set, else ``~/.cache/pcl-bench/shapes``."""
-    base = os.environ.get("PCL_BENCH_CACHE")
-    return pathlib.Path(base) / "shapes" if base else pathlib.Path.home() / ".cache" / "pcl-bench" / "shapes"
 
 
 def _check_split(split: str) -> None:
@@ -367,7 +362,7 @@ def _load_or_generate(
 class ShapesDataset(torch.utils.data.Dataset):
     """The ``shapes`` split as a dataset of ``(transform(PIL image), fine label, index)``.
 
-    ``root`` is the cache directory (None: ``default_cache_dir()``). Attributes: ``images`` uint8
+    ``root`` is the cache directory (None: ``cache_dir("shapes")``). Attributes: ``images`` uint8
     (N, 64, 64, 3), ``targets`` int64 (N,), ``classes``, ``coarse_targets`` int64 (N,), ``coarse_classes``.
     """
 
@@ -382,7 +377,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         per_class: int | None = None,
     ):
         _check_split(split)
-        root = default_cache_dir() if root is None else pathlib.Path(root)
+        root = cache_dir("shapes") if root is None else pathlib.Path(root)
         self.images, self.targets = _load_or_generate(root, split, seed, per_class, self.image_size)
         self.classes = FINE_CLASSES
         self.coarse_classes = COARSE_CLASSES

@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from pcl_bench.data import shapes
 from pcl_bench.data.voc import VOCClassification, VOCDetection
 from pcl_bench.errors import UsageError
+from pcl_bench.paths import cache_dir
 
 GENERATOR_VERSION = 1  # bump whenever the output changes; shapes.GENERATOR_VERSION is part of the cache key
 CLASSES = shapes.FINE_CLASSES
@@ -56,11 +57,6 @@ class _Object(NamedTuple):
     label: int
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels, 0-based, unclipped
     diameter: float  # px
-
-
-def default_cache_dir() -> Path:
-    """``$PCL_BENCH_CACHE/shapes-voc`` if that variable is set, else ``~/.cache/pcl-bench/shapes-voc``."""
-    return shapes.default_cache_dir().parent / "shapes-voc"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,7 +226,7 @@ def shapes_voc_root(
     n_trainval: int | None = None,
     n_test: int | None = None,
 ) -> Path:
-    """The shapes-voc ``VOCdevkit`` folder in ``cache`` (None: ``default_cache_dir()``), made on first use.
+    """The shapes-voc ``VOCdevkit`` folder in ``cache`` (None: ``cache_dir("shapes-voc")``), made on first use.
 
     ``n_trainval`` / ``n_test`` None: ``DEFAULT_SIZES`` (1000 / 500 images). The tree is built in a
     temporary folder next to its final place and renamed when complete, so an interrupted or concurrent
@@ -240,7 +236,7 @@ def shapes_voc_root(
     n_test = DEFAULT_SIZES["test"] if n_test is None else n_test
     if n_trainval < 2 or n_test < 1:
         raise UsageError(f"shapes-voc: need n_trainval >= 2 and n_test >= 1, got {n_trainval} and {n_test}")
-    cache = default_cache_dir() if cache is None else Path(cache).expanduser()
+    cache = cache_dir("shapes-voc") if cache is None else Path(cache).expanduser()
     version = f"v{GENERATOR_VERSION}.{shapes.GENERATOR_VERSION}"
     target = cache / f"shapes-voc-{version}-seed{seed}-{n_trainval}-{n_test}"
     devkit = target / "VOCdevkit"

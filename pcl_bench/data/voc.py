@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from pcl_bench.data.corrupt import open_rgb
 from pcl_bench.errors import UsageError
 
 VOC_CLASSES: list[str] = [
@@ -167,11 +168,6 @@ def parse_annotation(path: str | os.PathLike, classes: Sequence[str] = VOC_CLASS
     }
 
 
-def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
-
-
 def _check_images(base: Path, year: str, *folders: str) -> None:
     for folder in folders:
         if not (base / folder).is_dir():
@@ -208,8 +204,11 @@ class VOCClassification(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def path(self, i: int) -> Path:
+        return self.base / "JPEGImages" / f"{self.image_ids[i]}.jpg"
+
     def __getitem__(self, i: int) -> tuple[Any, torch.Tensor, int]:
-        img = _open_rgb(self.base / "JPEGImages" / f"{self.image_ids[i]}.jpg")
+        img = open_rgb(self.path(i))
         target = torch.tensor(self.targets[i])
         return (img if self.transform is None else self.transform(img)), target, i
 
@@ -264,8 +263,11 @@ class VOCDetection(Dataset):
             "image_id": image_id,
         }
 
+    def path(self, i: int) -> Path:
+        return self.bases[self._base_of[i]] / "JPEGImages" / f"{self.image_ids[i]}.jpg"
+
     def __getitem__(self, i: int) -> tuple[Any, dict[str, Any], int]:
-        img = _open_rgb(self.bases[self._base_of[i]] / "JPEGImages" / f"{self.image_ids[i]}.jpg")
+        img = open_rgb(self.path(i))
         target = self.target(i)
         if self.transforms is not None:
             img, target = self.transforms(img, target)

@@ -49,6 +49,7 @@ class Method(nn.Module):
 
     num_views: int = 2
     uses_labels: bool = False
+    clusters: bool = False  # True: the engine runs the E-step before each epoch after the warm-up
     encoder_q: nn.Module
 
     @classmethod

@@ -19,6 +19,8 @@ from .momentum import MomentumContrast
 class PCL(MomentumContrast):
     """MomentumContrast with a ProtoNCE term; ``proto_negatives`` is r, the sampled negative prototypes."""
 
+    clusters = True
+
     def __init__(self, encoder, dim: int = 128, queue_len: int = 16384, momentum: float = 0.999,
                  temperature: float = 0.2, proto_negatives: int = 16384):
         super().__init__(encoder, dim, queue_len, momentum, temperature)
