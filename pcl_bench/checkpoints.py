@@ -142,13 +142,6 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None) -> tuple[Res
     return net.eval(), info
 
 
-def require_arch(info: dict[str, Any], arch: str, needed_by: str = "this protocol") -> None:
-    """Raise UsageError unless the loaded backbone (``info`` from :func:`load_backbone`) is ``arch``."""
-    if info["arch"] != arch:
-        raise UsageError(f"{needed_by} needs a {arch} backbone, but checkpoint {info['path']} holds a "
-                         f"{info['arch']}; pass a {arch} checkpoint")
-
-
 def export_torchvision(path: str | os.PathLike, out_path: str | os.PathLike) -> dict[str, Any]:
     """Write the backbone of checkpoint ``path`` to ``out_path`` as a bare torchvision state_dict, no ``fc``.
 

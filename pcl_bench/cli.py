@@ -7,7 +7,7 @@ import sys
 import typing
 
 from .config import METHOD_PRESETS, SCALE_PRESETS, PretrainConfig
-from .errors import UsageError
+from .errors import UsageError, one_line
 
 
 def _list_of(kind: type):
@@ -23,44 +23,62 @@ def _list_of(kind: type):
 _int_list, _float_list = _list_of(int), _list_of(float)
 
 
+# ``pcl-bench eval`` flags of the dataset (any protocol, also ``eval all``): its splits and image size.
+DATASET_FLAGS: dict[str, tuple] = {
+    "train_split": (str, ("split the classifier / bank / clustering / detector trains on "
+                          "[default: the dataset's: train; trainval for VOC]")),
+    "test_split": (str, ("split scored [default: the dataset's: test; val for imagenet and places205; "
+                         "test/ or val/ of an imagefolder tree]")),
+    "image_size": (int, ("evaluation crop size; detection: shorter side at test time "
+                         "[default: the spec's, else the dataset's]")),
+}
 # ``pcl-bench eval`` flags that override a protocol spec's entry of the same name.
 SPEC_FLAGS = {
-    "train_split": (str, "split the classifier / bank / clustering uses"),
-    "test_split": (str, "split scored"),
-    "image_size": (int, "evaluation crop size"),
     "ks": (_int_list, "lowshot: positives per class; knn: neighbours"),
-    "runs": (int, "lowshot: independent runs"),
+    "runs": (int, "lowshot / detection: independent runs"),
     "seed": (int, "base seed (run r uses seed + r)"),
     "costs": (_float_list, "lowshot: SVM costs (several: chosen by cross-validation on the training samples)"),
-    "epochs": (int, "linear / semisup: epochs"),
+    "epochs": (int, "linear / semisup / detection: epochs"),
     "lr": (float, "linear: learning rate (5: PCL preset, 30: MoCo preset)"),
     "mode": (str, "linear: 'full' (augmented images) or 'fast' (cached centre-crop features)"),
     "fractions": (_float_list, "semisup: label fractions, e.g. 0.01,0.1"),
     "clusters": (_int_list, "ami: numbers of k-means clusters, e.g. 25000,50000,100000"),
     "t": (float, "knn: temperature"),
+    "max_iters": (int, "detection: stop training after this many iterations (0: the whole schedule)"),
+    "train_subset": (int, "detection: train on a seeded subset of this many images (0: all)"),
+    "test_subset": (int, "detection: score a seeded subset of this many test images (0: all)"),
+    "train_sizes": (_int_list, "detection: shorter sides drawn per training batch, e.g. 480 or 480,512,..."),
 }
 
 
 def _add_eval_parser(sub) -> None:
-    from .evaluate import RUNNERS
+    from .evaluate import PROTOCOLS
     ev = sub.add_parser("eval", help="evaluate a checkpoint with one of the paper's protocols")
-    ev.add_argument("protocol", choices=[*RUNNERS, "all"],
+    ev.add_argument("protocol", choices=[*PROTOCOLS, "all"],
                     help="the protocol; 'all' runs every protocol whose spec lists --dataset")
-    ev.add_argument("--dataset", required=True, help="voc07, voc12, shapes-voc, places205, imagenet, shapes, ...")
+    ev.add_argument("--dataset", required=True, help="voc07, voc12, shapes-voc, places205, imagenet, imagefolder, "
+                                                     "cifar10, shapes, ...")
     ev.add_argument("--data-root", help="dataset root (not needed for shapes and shapes-voc)")
     ev.add_argument("--checkpoint", required=True,
                     help="this suite's run checkpoint, a released MoCo/PCL checkpoint, torchvision ResNet weights, "
                          "or random:<arch>[:<stem>] for a randomly initialised encoder")
     ev.add_argument("--arch", help="expected backbone (resnet18/34/50; default: inferred from the checkpoint)")
     ev.add_argument("--spec", help="protocol spec file (default: the protocols/*.toml that lists --dataset)")
-    ev.add_argument("--variant", help="spec variant, e.g. lowshot --variant goyal")
+    ev.add_argument("--variant", help="spec variant, e.g. lowshot --variant goyal, detection --variant short")
     ev.add_argument("--label", help="method name in the results (default: from the checkpoint)")
     ev.add_argument("--results", default="results/store.jsonl", help="results store to append to")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ev.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     ev.add_argument("--batch-size", type=int, default=256, help="feature-extraction batch size")
-    for name, (kind, help_text) in SPEC_FLAGS.items():
-        ev.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{help_text} [default: the spec's]")
+    ev.add_argument("--smoke", action="store_true",
+                    help="run the protocol as configured on a few images per class (the spec's [smoke] table) "
+                         "to find problems in seconds; prints its rows and stores none")
+    ev.add_argument("--skip-corrupt", action="store_true",
+                    help="decode every image of the splits first and leave out the unreadable ones (listed, and "
+                         "recorded in the rows); without it an unreadable image stops the evaluation")
+    for name, (kind, help_text) in {**DATASET_FLAGS, **SPEC_FLAGS}.items():
+        ev.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{help_text} [default: the spec's]"
+                        if name in SPEC_FLAGS else help_text)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -114,7 +132,7 @@ def _add_sweep_parser(sub) -> None:
     sw.add_argument("--lr", type=_float_list, required=True,
                     help="comma-separated learning rates, e.g. 0.01,0.1,1")
     sw.add_argument("--results-dir", default="results", help="folder for the table and figure")
-    _add_config_flags(sw, skip=("method", "lr", "name", "resume", "final_knn"))
+    _add_config_flags(sw, skip=("method", "lr", "name", "resume", "final_knn", "smoke"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,19 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate, format_rows, protocols_for
-    overrides = {k: getattr(args, k) for k in SPEC_FLAGS if getattr(args, k) is not None}
+    from .evaluate import format_rows, plan, protocols_for, run
+    overrides = {k: getattr(args, k) for k in {**DATASET_FLAGS, **SPEC_FLAGS} if getattr(args, k) is not None}
     protocols = protocols_for(args.dataset) if args.protocol == "all" else [args.protocol]
-    if len(protocols) > 1 and (overrides or args.spec or args.variant):
-        raise UsageError("eval all runs each protocol with its spec's settings; drop --spec, --variant and the "
-                         "setting flags, or name one protocol")
-    for protocol in protocols:
-        rows = evaluate(protocol, args.dataset, args.checkpoint, args.data_root, spec_file=args.spec,
-                        variant=args.variant, overrides=overrides, arch=args.arch, label=args.label,
-                        results=args.results, device=args.device, workers=args.workers,
-                        batch_size=args.batch_size)
+    if len(protocols) > 1 and (set(overrides) - set(DATASET_FLAGS) or args.spec or args.variant):
+        raise UsageError("eval all runs each protocol with its spec's settings; keep only --train-split, "
+                         "--test-split and --image-size, or name one protocol")
+    # Every evaluation is planned (specs, splits, images) before the first one runs.
+    plans = [plan(p, args.dataset, args.data_root, spec_file=args.spec, variant=args.variant,
+                  overrides=overrides, smoke=args.smoke, skip_corrupt=args.skip_corrupt, results=args.results,
+                  device=args.device, workers=args.workers, batch_size=args.batch_size) for p in protocols]
+    for ev in plans:
+        rows = run(ev, args.checkpoint, arch=args.arch, label=args.label, results=args.results)
         print(format_rows(rows))
-        print(f"appended {len(rows)} rows to {args.results}")
+        print(f"smoke run of {ev.protocol}: {len(rows)} rows, not stored" if args.smoke else
+              f"appended {len(rows)} rows to {args.results}", flush=True)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -220,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             {"eval": _eval, "report": _report, "export": _export, "analyze": _analyze,
              "sweep": _sweep}[args.command](args)
     except UsageError as e:
-        print(f"pcl-bench: error: {e}", file=sys.stderr)
+        print(f"pcl-bench: error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -51,6 +51,7 @@ from torchvision.transforms.functional import to_tensor
 from tqdm import tqdm
 
 from .atomic import save_torch, write_json, write_text
+from .data import InstanceSubset
 from .data.augment import IMAGENET_MEAN, IMAGENET_STD
 from .data.shapes_voc import shapes_voc_detection
 from .data.voc import VOC0712, VOCDetection
@@ -107,12 +108,17 @@ class DetectionConfig:
     rois_per_image: int = 512
     detections_per_image: int = 100
     amp: bool = True
+    max_iters: int = 0
+    train_subset: int = 0
+    test_subset: int = 0
     seed: int = 0
     log_every: int = 20
 
     def __post_init__(self) -> None:
         self.milestones, self.train_sizes, self.anchor_sizes = (
             tuple(int(v) for v in x) for x in (self.milestones, self.train_sizes, self.anchor_sizes))
+        if min(self.max_iters, self.train_subset, self.test_subset) < 0:
+            raise UsageError("max_iters, train_subset and test_subset must be 0 (off) or positive")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.image_size < 1:
             raise UsageError(f"detection needs epochs >= 1, batch size >= 1, lr > 0 and image size >= 1; got "
                              f"{self.epochs}, {self.batch_size}, {self.lr}, {self.image_size}")
@@ -136,24 +142,33 @@ def _to_tensor(img: Image.Image, target: dict) -> tuple[Tensor, dict]:
     return to_tensor(img), target
 
 
-def detection_datasets(name: str, root: str | None, train_split: str, test_split: str
-                       ) -> tuple[VOCDetection, VOCDetection]:
-    """(train, test) sets of ``name`` with items ``(image (3, H, W) in [0, 1], target, index)``.
+def detection_split(name: str, root: str | None, split: str, training: bool) -> VOCDetection:
+    """Split ``split`` of detection dataset ``name``, with items ``(image (3, H, W) in [0, 1], target, index)``.
 
-    ``voc07``: VOC2007 ``train_split`` -> VOC2007 ``test_split``; ``voc07+12``: VOC2007 + VOC2012
-    ``train_split`` -> VOC2007 ``test_split`` (``root``: the VOCdevkit folder); ``shapes-voc``: generated
-    (``root``: its cache, None for the default). Targets as :class:`pcl_bench.data.voc.VOCDetection`.
+    ``voc07``: VOC2007; ``voc07+12``: VOC2007 + VOC2012 for training (``training``), VOC2007 for testing
+    (``root``: the VOCdevkit folder); ``shapes-voc``: generated (``root``: its cache, None for the default).
+    Targets as :class:`pcl_bench.data.voc.VOCDetection`.
     """
     if name == "shapes-voc":
-        return tuple(shapes_voc_detection(root, split, _to_tensor) for split in (train_split, test_split))
+        return shapes_voc_detection(root, split, _to_tensor)
     if name not in VOC_YEARS:
         raise UsageError(f"detection runs on {', '.join(DATASETS)}, not {name!r}")
     if root is None:
         raise UsageError(f"--data-root is required for {name}: the VOCdevkit folder holding VOC2007"
                          + (" and VOC2012" if name == "voc07+12" else ""))
     train_year, test_year = VOC_YEARS[name]
-    return (VOCDetection(root, train_split, _to_tensor, year=train_year),
-            VOCDetection(root, test_split, _to_tensor, year=test_year))
+    return VOCDetection(root, split, _to_tensor, year=train_year if training else test_year)
+
+
+def subsets(train_set, test_set, cfg: DetectionConfig) -> tuple:
+    """(train, test) cut to ``cfg.train_subset`` / ``cfg.test_subset`` images (0: all), drawn from
+    ``cfg.seed`` and kept in index order."""
+    rng = np.random.default_rng(cfg.seed)
+
+    def cut(ds, n):
+        return ds if not 0 < n < len(ds) else InstanceSubset(ds, np.sort(rng.choice(len(ds), n, replace=False)))
+
+    return cut(train_set, cfg.train_subset), cut(test_set, cfg.test_subset)
 
 
 def _collate(batch: list) -> tuple[list[Tensor], list[dict]]:
@@ -278,6 +293,8 @@ def train_detector(model: FasterRCNN, train_set, cfg: DetectionConfig, run_dir: 
                        file=sys.stderr)
             for step, (images, targets) in enumerate(bar):
                 iteration = epoch * len(loader) + step
+                if 0 < cfg.max_iters <= iteration:
+                    break
                 lr = learning_rate(cfg, epoch, iteration)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -299,13 +316,17 @@ def train_detector(model: FasterRCNN, train_set, cfg: DetectionConfig, run_dir: 
                 bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
                 if step % cfg.log_every == 0:
                     logger.log("step", step=iteration, epoch=epoch, lr=lr, **values)
-            _save_state(run_dir / "last.pt", model, optimizer, scaler, epoch + 1)
+            capped = 0 < cfg.max_iters <= (epoch + 1) * len(loader)
+            _save_state(run_dir / "last.pt", model, optimizer, scaler, cfg.epochs if capped else epoch + 1)
             seconds = time.perf_counter() - t0
-            means = {k: v / len(loader) for k, v in sums.items()}
+            steps = step + 1 - (0 < cfg.max_iters <= iteration)
+            means = {k: v / steps for k, v in sums.items()}
             logger.log("epoch", epoch=epoch, lr=lr, **means, epoch_s=seconds,
-                       images_per_s=len(train_set) / seconds)
+                       images_per_s=steps * cfg.batch_size / seconds)
             print(f"detection epoch {epoch + 1}/{cfg.epochs}  loss {means['loss']:.3f}  lr {lr:.4g}  "
-                  f"{seconds:.0f}s", flush=True)
+                  f"{seconds:.0f}s" + (f" (stopped at --max-iters {cfg.max_iters})" if capped else ""), flush=True)
+            if capped:
+                break
     finally:
         logger.close()
 
@@ -412,19 +433,17 @@ def transfer_runs(backbone: ResNet, train_set, test_set, cfg: DetectionConfig, r
     """``runs`` transfers with seeds ``cfg.seed + r``, in ``log_dir/seed<s>/``.
 
     Returns ``{"seeds", "mAP": (mean, std), "mAP_allpoint": (mean, std), "per_class"}`` (std with ddof 0);
-    also writes ``log_dir/ap_per_class.csv`` (per class: mean and std over runs of both APs) and prints it.
+    also writes ``log_dir/ap_per_class.csv`` (per class: mean and std over runs of both APs).
     """
     if runs < 1:
         raise UsageError(f"detection needs runs >= 1, got {runs}")
     log_dir = Path(log_dir)
     seeds = [cfg.seed + r for r in range(runs)]
+    train_set, test_set = subsets(train_set, test_set, cfg)
     results = [transfer(backbone, train_set, test_set, replace(cfg, seed=s),
                         log_dir / f"seed{s}", device, workers) for s in seeds]
     per_class = {name: {key: _mean_std([r[key][name] for r in results]) for key in ("ap11", "ap")}
                  for name in results[0]["ap11"]}
-    for name, v in per_class.items():
-        print(f"{name:<14} AP {v['ap11'][0]:5.1f} ± {v['ap11'][1]:4.1f}   "
-              f"all-point AP {v['ap'][0]:5.1f} ± {v['ap'][1]:4.1f}")
     write_text(_per_class_csv(per_class, runs), log_dir / "ap_per_class.csv")
     summary = {metric: _mean_std([r[metric] for r in results]) for metric in METRICS}
     return {"seeds": seeds, **summary, "per_class": per_class}

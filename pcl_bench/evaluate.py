@@ -1,9 +1,16 @@
 """The generic protocol runner: a spec from ``protocols/*.toml``, a checkpoint and a dataset -> result rows.
 
-``pcl-bench eval <protocol> --dataset D --checkpoint C`` picks the spec of ``<protocol>`` that lists ``D`` in its
-``datasets``, applies the chosen ``[variants.<name>]`` table, then the spec's ``[overrides.<D>]`` table, then the
-command-line flags, runs the protocol and appends one row per (setting, metric) to the results store. The rows
-are appended only at the end, so a failed evaluation writes nothing.
+``pcl-bench eval <protocol> --dataset D --checkpoint C`` picks the one spec of ``<protocol>`` that lists ``D``
+in its ``datasets``, applies the chosen ``[variants.<name>]`` table, then the spec's ``[overrides.<D>]``
+table, then (with ``--smoke``) its ``[smoke]`` table, then the command-line flags. Facts about the dataset
+come from the dataset: its training and test splits (``pcl_bench.data.default_splits``, or
+``--train-split`` / ``--test-split``) and its image size (the dataset's native size unless the spec or
+``--image-size`` sets one).
+
+Every input is checked before any expensive work: the spec, the splits (each is opened and listed), the
+images with ``--skip-corrupt``, then the checkpoint. The protocol then runs and appends one row per (setting,
+metric[, class]) to the results store, only at the end, so a failed evaluation writes nothing. Smoke runs
+print their rows and store none.
 
 Every protocol reads frozen features through the content-keyed cache (:mod:`pcl_bench.feature_cache`), except
 the full linear probe, semi-supervised fine-tuning and detection transfer, which need images.
@@ -15,7 +22,7 @@ import hashlib
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,71 +32,23 @@ from torch.utils.data import Dataset, Subset
 
 from .ami import cluster_quality
 from .atomic import save_npz
-from .checkpoints import load_backbone, require_arch
-from .data import build_dataset
+from .checkpoints import load_backbone
+from .data import InstanceSubset, balanced_subset, build_dataset, default_splits, with_transform
 from .data.augment import eval_transform
-from .detection import METRICS, DetectionConfig, detection_datasets, transfer_runs
+from .data.corrupt import skip_unreadable
+from .detection import METRICS, DetectionConfig, detection_split, transfer_runs
 from .errors import UsageError
 from .feature_cache import cached_features
 from .knn import knn_accuracy
 from .linear_probe import LinearProbeConfig, train_linear, train_linear_on_features, train_transform
-from .lowshot import run_lowshot_places, run_lowshot_voc
+from .lowshot import max_k, run_lowshot_places, run_lowshot_voc
 from .models.encoders import build_encoder, feature_dim
-from .paths import repo_path
 from .results_store import append_rows, make_row
 from .semisup import SemisupConfig, fine_tune, load_or_draw_subset
+from .specs import find_spec, resolve_spec, spec_files
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-PROTOCOLS = ("lowshot", "linear", "knn", "semisup", "ami", "detection")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Specs
-
-
-def _specs(spec_dir: Path | None = None) -> list[tuple[Path, dict[str, Any]]]:
-    """Every ``(path, parsed spec)`` in ``spec_dir`` (default: the repository's ``protocols/``), by name."""
-    return [(p, tomllib.loads(p.read_text())) for p in sorted((spec_dir or repo_path("protocols")).glob("*.toml"))]
-
-
-def find_spec(protocol: str, dataset: str, spec_dir: Path | None = None) -> Path:
-    """The spec file of ``protocol`` whose ``datasets`` list contains ``dataset``."""
-    candidates = [(path, spec) for path, spec in _specs(spec_dir) if spec.get("protocol") == protocol]
-    for path, spec in candidates:
-        if dataset in spec.get("datasets", []):
-            return path
-    raise UsageError(f"no {protocol} protocol spec lists dataset {dataset!r} "
-                     f"(specs: {', '.join(p.name for p, _ in candidates)}); "
-                     f"add it to a spec's datasets or pass --spec FILE")
-
-
-def resolve_spec(path: Path, dataset: str, variant: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Spec ``path`` with its ``[variants.<variant>]``, ``[overrides.<dataset>]`` and ``overrides`` applied."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"cannot read protocol spec {path}: {e}") from None
-    variants = raw.pop("variants", {})
-    per_dataset = raw.pop("overrides", {})
-    spec = {**raw, "spec": Path(path).name}
-    default = spec.get("variant", "")
-    variant = variant or default
-    if variant not in (default, *variants):
-        known = [v for v in (default, *variants) if v]
-        raise UsageError(f"unknown --variant {variant!r} for {spec['spec']}; "
-                         + (f"choose one of {', '.join(known)}" if known else "it has no variants"))
-    spec.update(variants.get(variant, {}), variant=variant)
-    spec.update(per_dataset.get(dataset, {}))
-    for key, value in overrides.items():
-        if key not in spec:
-            raise UsageError(f"--{key.replace('_', '-')} does not apply to the {spec['protocol']} protocol "
-                             f"({spec['spec']} has no {key!r})")
-        spec[key] = value
-    return spec
+# Evaluation-wide settings that are not spec entries: the dataset's splits and image size.
+DATASET_FLAGS = ("train_split", "test_split", "image_size")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -114,34 +73,77 @@ def load_encoder(checkpoint: str, arch: str | None = None, seed: int = 0) -> tup
                         "method": "random init"}
 
 
+def smoke_subset(ds: Dataset, per_class: int, seed: int = 0) -> Dataset:
+    """A few images of each class: ``per_class`` per label (single-label), the union of ``per_class``
+    positives per class (multi-label), or ``per_class`` x classes images (detection sets)."""
+    targets = getattr(ds, "targets", None)
+    if targets is not None and np.asarray(targets).ndim == 1:
+        return balanced_subset(ds, per_class, seed)
+    rng = np.random.default_rng(seed)
+    if targets is None:
+        n = min(len(ds), per_class * len(ds.classes))
+        return InstanceSubset(ds, np.sort(rng.choice(len(ds), n, replace=False)))
+    targets = np.asarray(targets)
+    chosen = [rng.choice(pos, min(per_class, len(pos)), replace=False)
+              for pos in (np.flatnonzero(targets[:, c] == 1) for c in range(targets.shape[1])) if len(pos)]
+    return InstanceSubset(ds, np.unique(np.concatenate(chosen)))
+
+
 @dataclass
 class Evaluation:
-    """Everything a protocol runner needs: the encoder, the resolved spec and where data and results are."""
+    """Everything a protocol runner needs: the encoder, the resolved spec, the dataset's splits and image size,
+    and where results go. ``split("train")`` / ``split("test")`` are opened once (and checked) by
+    :meth:`open_splits`, before any expensive work."""
 
-    net: torch.nn.Module
-    info: dict[str, Any]
+    protocol: str
     spec: dict[str, Any]
     dataset: str
     data_root: str | None
+    splits: dict[str, str]  # "train" / "test" -> split name
+    image_size: int | None
     device: torch.device
     workers: int
     batch_size: int
     results_dir: Path
+    smoke: bool = False
+    skip_corrupt: bool = False
+    net: torch.nn.Module | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    _opened: dict[str, Dataset] = field(default_factory=dict)
+
+    def open_splits(self, which: tuple[str, ...]) -> None:
+        """Open (and list) the ``which`` splits, leave out unreadable images with ``skip_corrupt`` and keep a
+        few images per class with ``smoke``; fix the image size from the training split if still open."""
+        for w in which:
+            if self.protocol == "detection":
+                ds = detection_split(self.dataset, self.data_root, self.splits[w], training=w == "train")
+            else:
+                ds = build_dataset(self.dataset, self.data_root, self.splits[w])
+            if self.skip_corrupt:
+                ds, self.skipped[self.splits[w]] = skip_unreadable(ds, self.workers)
+            self._opened[w] = smoke_subset(ds, self.spec.get("per_class", 8)) if self.smoke else ds
+        if self.image_size is None and self.protocol != "detection":
+            self.image_size = getattr(self._opened[which[0]], "image_size", None)
+            if not self.image_size:
+                raise UsageError(f"{self.dataset} images have no single size; pass --image-size, e.g. 224")
 
     def split(self, which: str, transform=None) -> Dataset:
-        return build_dataset(self.dataset, self.data_root, self.spec[which], transform)
+        ds = self._opened[which]
+        return ds if transform is None else with_transform(ds, transform)
 
     def features(self, which: str) -> tuple[np.ndarray, np.ndarray]:
-        """Cached (features, targets) of the ``train_split`` or ``test_split`` under the centre crop."""
-        tf = eval_transform(self.spec["image_size"])
+        """Cached (features, targets) of the ``train`` or ``test`` split under the centre crop."""
+        tf = eval_transform(self.image_size)
         ds = self.split(which, tf)
         root = os.path.abspath(os.path.expanduser(self.data_root)) if self.data_root else "-"
-        key = f"{self.dataset}|{root}|{self.spec[which]}|{tf}"
+        subset = hashlib.sha256(ds.indices.tobytes()).hexdigest()[:16] if isinstance(ds, InstanceSubset) else "all"
+        key = f"{self.dataset}|{root}|{self.splits[which]}|{subset}|{tf}"
         return cached_features(self.net, self.info["sha256"], ds, key, self.spec.get("feature", "pool"),
                                self.batch_size, self.workers, self.device)
 
 
-Result = dict[str, Any]  # setting, metric, mean, std, n_runs, seeds
+Result = dict[str, Any]  # setting, metric, mean, std, n_runs, seeds[, class]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -150,22 +152,26 @@ Result = dict[str, Any]  # setting, metric, mean, std, n_runs, seeds
 
 def run_lowshot(ev: Evaluation) -> list[Result]:
     s = ev.spec
-    (xtr, ytr), (xte, yte) = ev.features("train_split"), ev.features("test_split")
-    if s["task"] == "multilabel":
-        if ytr.ndim != 2:
-            raise UsageError(f"{ev.dataset} is single-label; VOC-style low-shot needs VOC-style 1/-1/0 labels")
-        out = run_lowshot_voc(xtr, ytr, xte, yte, ks=s["ks"], runs=s["runs"], seed=s["seed"], variant=s["variant"],
-                              costs=s["costs"], full=s["full"])
-        metric = "mAP"
-    else:
+    (xtr, ytr), (xte, yte) = ev.features("train"), ev.features("test")
+    if s["task"] != "multilabel":
         out = run_lowshot_places(xtr, ytr, xte, yte, ks=s["ks"], runs=s["runs"], seed=s["seed"], costs=s["costs"])
-        metric = "top1"
-    return [{"setting": r["setting"], "metric": metric, "mean": r["mean"], "std": r["std"],
-             "n_runs": len(r["seeds"]), "seeds": r["seeds"]} for r in out]
+        return [_row(r["setting"], "top1", r["mean"], r["std"], r["seeds"]) for r in out]
+    if ytr.ndim != 2:
+        raise UsageError(f"{ev.dataset} is single-label; VOC-style low-shot needs VOC-style 1/-1/0 labels")
+    out = run_lowshot_voc(xtr, ytr, xte, yte, ks=s["ks"], runs=s["runs"], seed=s["seed"], variant=s["variant"],
+                          costs=s["costs"], full=s["full"], classes=ev.split("train").classes)
+    rows = []
+    for r in out:
+        rows.append(_row(r["setting"], "mAP", r["mean"], r["std"], r["seeds"]))
+        rows += [_row(r["setting"], "AP", mean, std, r["seeds"], name)
+                 for name, (mean, std) in r["per_class_ap"].items()]
+    return rows
 
 
-def _num_classes(ds: Dataset) -> int:
-    return len(ds.classes)
+def _row(setting: str, metric: str, mean: float, std: float, seeds: list[int], class_name: str = "") -> Result:
+    """A result; a setting without seeds (one fit on everything, e.g. low-shot ``full``) is one run."""
+    return {"setting": setting, "metric": metric, "mean": mean, "std": std, "n_runs": max(1, len(seeds)),
+            "seeds": seeds, "class": class_name}
 
 
 def run_linear(ev: Evaluation) -> list[Result]:
@@ -174,30 +180,28 @@ def run_linear(ev: Evaluation) -> list[Result]:
                             batch_size=s["batch_size"], seed=s["seed"], workers=ev.workers, device=ev.device.type)
     log_dir = ev.results_dir / "logs" / f"linear_{ev.dataset}_{ev.info['sha256'][:8]}"
     if s["mode"] == "fast":
-        (xtr, ytr), (xte, yte) = ev.features("train_split"), ev.features("test_split")
+        (xtr, ytr), (xte, yte) = ev.features("train"), ev.features("test")
         res = train_linear_on_features(xtr, ytr, xte, yte, int(ytr.max()) + 1, cfg, log_dir)
     else:
-        train = ev.split("train_split", train_transform(s["image_size"]))
-        test = ev.split("test_split", eval_transform(s["image_size"]))
-        res = train_linear(ev.net, feature_dim(ev.net), train, test, _num_classes(train),
-                           cfg, log_dir)
-    return [{"setting": "", "metric": m, "mean": res[m], "std": 0.0, "n_runs": 1, "seeds": [s["seed"]]}
-            for m in ("top1", "top5")]
+        train = ev.split("train", train_transform(ev.image_size))
+        test = ev.split("test", eval_transform(ev.image_size))
+        res = train_linear(ev.net, feature_dim(ev.net), train, test, len(train.classes), cfg, log_dir)
+    return [_row("", m, res[m], 0.0, [s["seed"]]) for m in ("top1", "top5")]
 
 
 def run_knn(ev: Evaluation) -> list[Result]:
     s = ev.spec
-    (xtr, ytr), (xte, yte) = ev.features("train_split"), ev.features("test_split")
+    (xtr, ytr), (xte, yte) = ev.features("train"), ev.features("test")
     xtr, ytr, xte, yte = map(torch.as_tensor, (xtr, ytr, xte, yte))
-    save_tsne_sample(ev, xte.numpy(), yte.numpy())
-    return [{"setting": f"k={k}", "metric": "top1", "mean": knn_accuracy(xtr, ytr, xte, yte, k, s["t"]),
-             "std": 0.0, "n_runs": 1, "seeds": []} for k in s["ks"]]
+    if not ev.smoke:
+        save_tsne_sample(ev, xte.numpy(), yte.numpy())
+    return [_row(f"k={k}", "top1", knn_accuracy(xtr, ytr, xte, yte, k, s["t"]), 0.0, []) for k in s["ks"]]
 
 
 def save_tsne_sample(ev: Evaluation, feats: np.ndarray, labels: np.ndarray, n: int = 2000) -> None:
     """Keep up to ``n`` test features for the report's t-SNE figure (paper appendix G)."""
     idx = np.random.default_rng(0).permutation(len(labels))[:n]
-    classes = getattr(ev.split("test_split"), "classes", None)
+    classes = getattr(ev.split("test"), "classes", None)
     path = ev.results_dir / "features" / f"{ev.dataset}_{ev.info['method']}_{ev.info['sha256'][:8]}.npz"
     save_npz(path, features=feats[idx], labels=labels[idx], classes=np.array(classes or []),
              title=np.array(f"{ev.info['method']} on {ev.dataset}"))
@@ -205,84 +209,156 @@ def save_tsne_sample(ev: Evaluation, feats: np.ndarray, labels: np.ndarray, n: i
 
 def run_semisup(ev: Evaluation) -> list[Result]:
     s = ev.spec
-    train = ev.split("train_split", train_transform(s["image_size"]))
-    test = ev.split("test_split", eval_transform(s["image_size"]))
+    train = ev.split("train", train_transform(ev.image_size))
+    test = ev.split("test", eval_transform(ev.image_size))
     rows = []
     for fraction in s["fractions"]:
-        subset_file = (ev.results_dir / "subsets" /
-                       f"{ev.dataset}_{s['train_split']}_{fraction:g}_seed{s['seed']}.json")
-        idx = load_or_draw_subset(subset_file, np.asarray(train.targets), fraction, s["seed"], s["balanced"])
+        name = f"{ev.dataset}_{ev.splits['train']}_{fraction:g}_seed{s['seed']}" + ("_smoke" if ev.smoke else "")
+        idx = load_or_draw_subset(ev.results_dir / "subsets" / f"{name}.json", np.asarray(train.targets),
+                                  fraction, s["seed"], s["balanced"])
         cfg = SemisupConfig.for_fraction(fraction, epochs=s["epochs"], milestones=tuple(s["milestones"]),
                                          batch_size=s["batch_size"], seed=s["seed"], workers=ev.workers,
                                          device=ev.device.type)
         log_dir = ev.results_dir / "logs" / f"semisup_{ev.dataset}_{fraction:g}_{ev.info['sha256'][:8]}"
-        res = fine_tune(copy.deepcopy(ev.net), feature_dim(ev.net), Subset(train, idx),
-                        test, _num_classes(train), cfg, log_dir)
-        rows += [{"setting": f"fraction={fraction:g}", "metric": m, "mean": res[m], "std": 0.0, "n_runs": 1,
-                  "seeds": [s["seed"]]} for m in ("top1", "top5")]
+        res = fine_tune(copy.deepcopy(ev.net), feature_dim(ev.net), Subset(train, idx), test, len(train.classes),
+                        cfg, log_dir)
+        rows += [_row(f"fraction={fraction:g}", m, res[m], 0.0, [s["seed"]]) for m in ("top1", "top5")]
     return rows
 
 
 def run_ami(ev: Evaluation) -> list[Result]:
     s = ev.spec
-    feats, targets = ev.features("train_split")
-    coarse = getattr(ev.split("train_split"), "coarse_targets", None)
+    feats, targets = ev.features("train")
+    coarse = getattr(ev.split("train"), "coarse_targets", None)
     labels = {"fine": targets, **({"coarse": np.asarray(coarse)} if coarse is not None else {})}
     rows = []
     for r in cluster_quality(feats, labels, ks=s["clusters"], seed=s["seed"], device=ev.device):
         suffix = "" if r["level"] == "fine" else f"_{r['level']}"
-        rows += [{"setting": f"K={r['K']}", "metric": m + suffix, "mean": r[m], "std": 0.0, "n_runs": 1,
-                  "seeds": [s["seed"]]} for m in ("ami", "nmi", "ari")]
+        rows += [_row(f"K={r['K']}", m + suffix, r[m], 0.0, [s["seed"]]) for m in ("ami", "nmi", "ari")]
     return rows
 
 
 def run_detection(ev: Evaluation) -> list[Result]:
-    """Faster R-CNN transfer (:mod:`pcl_bench.detection`); the spec's ``arch``, if set, is required."""
+    """Faster R-CNN transfer (:mod:`pcl_bench.detection`)."""
     s = ev.spec
-    if s.get("arch"):
-        require_arch(ev.info, s["arch"], f"detection on {ev.dataset} (the paper's R50-FPN recipe)")
-    train, test = detection_datasets(ev.dataset, ev.data_root, s["train_split"], s["test_split"])
     cfg = DetectionConfig.from_spec(s)
-    log_dir = ev.results_dir / "logs" / f"detection_{ev.dataset}_{ev.info['sha256'][:8]}_{cfg.digest()}"
-    out = transfer_runs(ev.net, train, test, cfg, s["runs"], log_dir, ev.device, ev.workers)
-    return [{"setting": "", "metric": m, "mean": out[m][0], "std": out[m][1], "n_runs": len(out["seeds"]),
-             "seeds": out["seeds"]} for m in METRICS]
+    name = f"detection_{ev.dataset}_{ev.splits['train']}-{ev.splits['test']}_{ev.info['sha256'][:8]}_{cfg.digest()}"
+    log_dir = ev.results_dir / "logs" / (name + ("_smoke" if ev.smoke else ""))
+    out = transfer_runs(ev.net, ev.split("train"), ev.split("test"), cfg, s["runs"], log_dir, ev.device, ev.workers)
+    rows = [_row("", m, *out[m], out["seeds"]) for m in METRICS]
+    return rows + [_row("", "AP", *v["ap11"], out["seeds"], name) for name, v in out["per_class"].items()]
 
 
-RUNNERS: dict[str, Callable[[Evaluation], list[Result]]] = {
-    "lowshot": run_lowshot, "linear": run_linear, "knn": run_knn, "semisup": run_semisup, "ami": run_ami,
-    "detection": run_detection}
+# ---------------------------------------------------------------------------------------------------
+# Checks of a protocol's settings against its opened splits, before any feature is extracted
+
+
+def check_lowshot(ev: Evaluation) -> None:
+    """Keep the ks the training split allows (a note names what limits the others); none left is an error."""
+    train = ev.split("train")
+    limit, why = max_k(train.targets, ev.spec["variant"], train.classes)
+    kept = [k for k in ev.spec["ks"] if k <= limit]
+    if not kept:
+        raise UsageError(f"low-shot k={ev.spec['ks'][0]} and up need more images: {why} in "
+                         f"{ev.splits['train']}; pass --ks {limit} or a larger training split")
+    if len(kept) < len(ev.spec["ks"]):
+        left_out = ", ".join(f"k={k}" for k in ev.spec["ks"] if k > limit)
+        print(f"note: low-shot {left_out} left out: {why} in {ev.splits['train']}", file=sys.stderr)
+        ev.spec["ks"] = kept
+
+
+def check_ami(ev: Evaluation) -> None:
+    n = len(ev.split("train"))
+    if max(ev.spec["clusters"]) > n:
+        raise UsageError(f"AMI with K={max(ev.spec['clusters'])} clusters needs as many images, but "
+                         f"{ev.splits['train']} has {n}; pass --clusters with K <= {n}")
+
+
+def check_detection(ev: Evaluation) -> None:
+    DetectionConfig.from_spec(ev.spec)  # raises on impossible settings
+    if ev.split("train").classes != ev.split("test").classes:
+        raise UsageError("the detection train and test sets name different classes")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A protocol runner, the splits it reads and the check of its settings against them."""
+
+    run: Callable[[Evaluation], list[Result]]
+    splits: tuple[str, ...] = ("train", "test")
+    check: Callable[[Evaluation], None] = lambda ev: None
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "lowshot": Protocol(run_lowshot, check=check_lowshot), "linear": Protocol(run_linear),
+    "knn": Protocol(run_knn), "semisup": Protocol(run_semisup), "ami": Protocol(run_ami, ("train",), check_ami),
+    "detection": Protocol(run_detection, check=check_detection)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning and running
+
+
+def plan(protocol: str, dataset: str, data_root: str | None = None, *, spec_file: str | None = None,
+         variant: str | None = None, overrides: dict[str, Any] | None = None, smoke: bool = False,
+         skip_corrupt: bool = False, results: str | os.PathLike = "results/store.jsonl", device: str = "auto",
+         workers: int = 2, batch_size: int = 256) -> Evaluation:
+    """Resolve the spec, the splits and the image size of one evaluation and open its splits: every check that
+    needs no encoder. ``overrides`` may hold spec entries and ``train_split`` / ``test_split`` / ``image_size``."""
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    overrides = dict(overrides or {})
+    fixed = {k: overrides.pop(k) for k in DATASET_FLAGS if overrides.get(k) is not None}
+    spec_path = Path(spec_file) if spec_file else find_spec(protocol, dataset)
+    spec = resolve_spec(spec_path, dataset, variant, overrides, smoke)
+    if dataset not in spec["datasets"] and not spec_file:
+        raise UsageError(f"{spec['spec']} does not cover dataset {dataset!r}")
+    if {"train_split", "test_split"} <= set(fixed):
+        splits = {"train": fixed["train_split"], "test": fixed["test_split"]}
+    else:
+        splits = dict(zip(("train", "test"), default_splits(dataset, data_root)))
+        splits.update({w: fixed[f"{w}_split"] for w in ("train", "test") if f"{w}_split" in fixed})
+    image_size = fixed.get("image_size", spec.get("image_size"))
+    if protocol == "detection":
+        spec["image_size"] = image_size  # the detector's test size
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    ev = Evaluation(protocol, spec, dataset, data_root, splits, image_size, dev, workers, batch_size,
+                    Path(results).parent, smoke, skip_corrupt)
+    ev.open_splits(PROTOCOLS[protocol].splits)
+    PROTOCOLS[protocol].check(ev)
+    return ev
+
+
+def run(ev: Evaluation, checkpoint: str, arch: str | None = None, label: str | None = None,
+        results: str | os.PathLike = "results/store.jsonl") -> list[dict[str, Any]]:
+    """Load ``checkpoint``, run the planned evaluation and append its rows to ``results`` (not for smoke runs).
+    Returns the rows."""
+    net, ev.info = load_encoder(checkpoint, arch, ev.spec.get("seed", 0))
+    ev.net = net.to(ev.device)
+    found = PROTOCOLS[ev.protocol].run(ev)
+    params = {k: v for k, v in ev.spec.items() if k not in ("datasets", "protocol", "variant", "paper")}
+    params["image_size"] = ev.image_size
+    rows = [make_row(method=label or ev.info["method"], checkpoint=str(checkpoint),
+                     checkpoint_sha256=ev.info["sha256"], arch=ev.info["arch"], dataset=ev.dataset,
+                     train_split=ev.splits["train"], test_split=ev.splits["test"] if "test" in ev._opened else "",
+                     protocol=ev.protocol, variant=str(ev.spec.get("variant", "")), params=params,
+                     skipped=sorted(p for paths in ev.skipped.values() for p in paths), **r) for r in found]
+    if not ev.smoke:
+        append_rows(rows, results)
+    return rows
 
 
 def evaluate(protocol: str, dataset: str, checkpoint: str, data_root: str | None = None, *,
-             spec_file: str | None = None, variant: str | None = None, overrides: dict[str, Any] | None = None,
-             arch: str | None = None, label: str | None = None, results: str | os.PathLike = "results/store.jsonl",
-             device: str = "auto", workers: int = 2, batch_size: int = 256) -> list[dict[str, Any]]:
-    """Run ``protocol`` on ``dataset`` for ``checkpoint`` and append its rows to the store ``results``."""
-    if protocol not in RUNNERS:
-        raise UsageError(f"unknown protocol {protocol!r}; choose one of {', '.join(RUNNERS)}")
-    spec_path = Path(spec_file) if spec_file else find_spec(protocol, dataset)
-    spec = resolve_spec(spec_path, dataset, variant, overrides or {})
-    if dataset not in spec["datasets"] and not spec_file:
-        raise UsageError(f"{spec['spec']} does not cover dataset {dataset!r}")
-    net, info = load_encoder(checkpoint, arch, spec.get("seed", 0))
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    results = Path(results)
-    ev = Evaluation(net.to(dev), info, spec, dataset, data_root, dev, workers, batch_size, results.parent)
-    found = RUNNERS[protocol](ev)
-    params = {k: v for k, v in spec.items() if k not in ("datasets", "protocol", "variant")}
-    rows = [make_row(method=label or info["method"], checkpoint=str(checkpoint),
-                     checkpoint_sha256=info["sha256"], arch=info["arch"], dataset=dataset,
-                     train_split=spec["train_split"], test_split=spec.get("test_split", ""), protocol=protocol,
-                     variant=str(spec.get("variant", "")), params=params, **r) for r in found]
-    append_rows(rows, results)
-    return rows
+             arch: str | None = None, label: str | None = None, **settings: Any) -> list[dict[str, Any]]:
+    """Plan and run one evaluation (``settings``: see :func:`plan`); returns the rows it stored."""
+    ev = plan(protocol, dataset, data_root, **settings)
+    return run(ev, checkpoint, arch, label, settings.get("results", "results/store.jsonl"))
 
 
 def protocols_for(dataset: str) -> list[str]:
     """Every protocol with a spec that lists ``dataset``, in the order of ``PROTOCOLS``."""
-    specs = [spec for _, spec in _specs()]
+    specs = [spec for _, spec in spec_files()]
     found = [p for p in PROTOCOLS if any(s.get("protocol") == p and dataset in s.get("datasets", []) for s in specs)]
     if not found:
         raise UsageError(f"no protocol spec lists dataset {dataset!r}")
@@ -290,10 +366,20 @@ def protocols_for(dataset: str) -> list[str]:
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    """A short plain-text table of ``rows`` for the terminal."""
-    lines = [f"{'method':<14} {'dataset':<11} {'protocol':<8} {'setting':<14} {'metric':<10} {'value':>14}"]
+    """A short plain-text table of ``rows`` for the terminal; per-class rows as one table of class x setting."""
+    lines = [f"{'method':<14} {'dataset':<11} {'protocol':<9} {'setting':<14} {'metric':<12} {'value':>14}"]
     for r in rows:
+        if r["class"]:
+            continue
         value = f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["n_runs"] > 1 else "")
-        lines.append(f"{r['method']:<14} {r['dataset']:<11} {r['protocol']:<8} {r['setting']:<14} "
-                     f"{r['metric']:<10} {value:>14}")
+        lines.append(f"{r['method']:<14} {r['dataset']:<11} {r['protocol']:<9} {r['setting'] or '-':<14} "
+                     f"{r['metric']:<12} {value:>14}")
+    per_class = [r for r in rows if r["class"]]
+    if per_class:
+        settings = list(dict.fromkeys(r["setting"] for r in per_class))
+        table = {(r["class"], r["setting"]): r["mean"] for r in per_class}
+        lines += ["", f"per-class {per_class[0]['metric']} ({per_class[0]['protocol']})",
+                  f"{'class':<14}" + "".join(f"{s or 'AP':>9}" for s in settings)]
+        for name in dict.fromkeys(r["class"] for r in per_class):
+            lines.append(f"{name:<14}" + "".join(f"{table[name, s]:>9.1f}" for s in settings))
     return "\n".join(lines)

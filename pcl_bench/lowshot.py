@@ -130,6 +130,22 @@ def _voc_training_sets(targets: np.ndarray, k: int | None, rng: np.random.Genera
     return [(rows, np.where(targets[rows, c] == 1, 1, -1)) for c in range(targets.shape[1])]
 
 
+def max_k(targets: np.ndarray, variant: str, classes: Sequence[str] | None = None) -> tuple[int, str]:
+    """The largest k that training ``targets`` allow, and why: (N, C) VOC labels (variant "pcl" or "goyal")
+    or (N,) class labels; ``classes`` names the classes in the reason."""
+    targets = np.asarray(targets)
+    if targets.ndim == 2:
+        n_pos = (targets == 1).sum(axis=0)
+        limits = n_pos if variant != "goyal" else np.minimum(n_pos, (targets == -1).sum(axis=0) // GOYAL_NEG_PER_POS)
+        what = "training positives" if variant != "goyal" else "training positives (or 19 x that in negatives)"
+    else:
+        limits = np.bincount(targets, minlength=int(targets.max()) + 1)
+        what = "training images"
+    c = int(np.argmin(limits))
+    name = classes[c] if classes is not None else str(c)
+    return int(limits[c]), f"class {name!r} has {int(limits[c])} {what}"
+
+
 def _check_ks(ks: Sequence[int], runs: int, seed: int, costs: Sequence[float], n_max: int,
               what: str) -> None:
     """Raise UsageError unless 1 <= k <= n_max for every k, runs >= 1, seed >= 0 and costs are positive."""
@@ -175,7 +191,7 @@ def run_lowshot_voc(train_feats: np.ndarray, train_targets: np.ndarray, test_fea
 
     Returns:
         ``{"setting": "k=1" | "full", "per_run_map": [mAP x100 per run], "seeds": [seed + r], "per_class_ap":
-        {class: AP x100, mean over runs}, "chosen_costs": {class: [cost per run]}, "mean", "std" (ddof 0),
+        {class: (AP x100 mean, std over runs)}, "chosen_costs": {class: [cost per run]}, "mean", "std" (ddof 0),
         "variant", "costs": grid searched, "ap": "all-point" | "11-point"}``.
     """
     if variant not in VARIANTS:
@@ -223,7 +239,8 @@ def run_lowshot_voc(train_feats: np.ndarray, train_targets: np.ndarray, test_fea
         per_run_map = [float(m) for m in per_run_ap.mean(axis=1)]
         results.append(_summary(per_run_map, seeds, setting, grid) | {
             "per_run_map": per_run_map, "variant": variant,
-            "per_class_ap": {name: float(ap) for name, ap in zip(classes, per_run_ap.mean(axis=0))},
+            "per_class_ap": {name: (float(m), float(sd)) for name, m, sd in
+                             zip(classes, per_run_ap.mean(axis=0), per_run_ap.std(axis=0))},
             "chosen_costs": {name: [float(run[c]) for run in chosen] for c, name in enumerate(classes)},
             "ap": "11-point" if eleven_point else "all-point"})
     return results

@@ -23,15 +23,16 @@ from .provenance import provenance
 PROTOCOLS = ("lowshot", "linear", "knn", "semisup", "ami", "detection", "collapse")
 REQUIRED = ("method", "checkpoint", "checkpoint_sha256", "arch", "dataset", "train_split", "test_split",
             "protocol", "setting", "metric", "mean", "std", "n_runs", "seeds")
-OPTIONAL = {"variant": "", "params": {}}
+OPTIONAL = {"variant": "", "class": "", "params": {}, "skipped": []}
 COLUMNS = ("time", "method", "checkpoint", "checkpoint_sha256", "arch", "dataset", "train_split",
-           "test_split", "protocol", "variant", "setting", "metric", "mean", "std", "n_runs", "seeds",
-           "params", "version", "git_commit")
+           "test_split", "protocol", "variant", "setting", "metric", "class", "mean", "std", "n_runs", "seeds",
+           "params", "skipped", "version", "git_commit")
 DEFAULT_PATH = Path("results") / "store.jsonl"
 
 
 def make_row(**fields: Any) -> dict[str, Any]:
-    """A validated row: the ``REQUIRED`` fields, optional ``variant`` ("") and ``params`` ({}), plus
+    """A validated row: the ``REQUIRED`` fields, optional ``variant`` (""), ``class`` ("": the row is not one
+    class's score), ``params`` ({}) and ``skipped`` (unreadable images left out: []), plus
     ``time`` (ISO-8601 UTC), ``version`` and ``git_commit``. ``checkpoint_sha256`` is cut to 16 hex digits.
 
     Raises ValueError on a missing or unknown field or an unknown protocol (a bug in the calling protocol).
@@ -46,7 +47,8 @@ def make_row(**fields: Any) -> dict[str, Any]:
     row.update(time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                checkpoint=str(row["checkpoint"]), checkpoint_sha256=str(row["checkpoint_sha256"])[:16],
                mean=float(row["mean"]), std=float(row["std"]), n_runs=int(row["n_runs"]),
-               seeds=[int(s) for s in row["seeds"]], params=dict(row["params"]), **provenance())
+               seeds=[int(s) for s in row["seeds"]], params=dict(row["params"]),
+               skipped=[str(p) for p in row["skipped"]], **provenance())
     return {k: row[k] for k in COLUMNS}
 
 

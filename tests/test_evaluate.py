@@ -6,6 +6,7 @@ import tomllib
 from test_pretrain import TINY
 
 from pcl_bench import evaluate as E
+from pcl_bench import specs as S
 from pcl_bench.cli import main
 from pcl_bench.data import shapes_voc
 from pcl_bench.errors import UsageError
@@ -20,26 +21,47 @@ def test_every_spec_is_valid():
         spec = tomllib.loads(path.read_text())
         assert spec["protocol"] in E.PROTOCOLS, path.name
         for dataset in spec["datasets"]:
-            resolved = E.resolve_spec(path, dataset, None, {})
-            assert resolved["image_size"] > 0 and resolved["train_split"], (path.name, dataset)
+            for smoke in (False, True):
+                resolved = S.resolve_spec(path, dataset, None, {}, smoke)
+                assert "train_split" not in resolved and "test_split" not in resolved  # the dataset's own
+            assert set(spec.get("paper", {}).get("datasets", [])) <= set(spec["datasets"]), path.name
+
+
+def test_one_spec_per_protocol_and_dataset():
+    """No two shipped specs claim the same (protocol, dataset), so the spec an evaluation uses is never a
+    matter of file order."""
+    claims = [(spec["protocol"], d, path.name) for path, spec in S.spec_files() for d in spec["datasets"]]
+    pairs = [(p, d) for p, d, _ in claims]
+    assert len(pairs) == len(set(pairs)), sorted(c for c in claims if pairs.count(c[:2]) > 1)
+
+
+def test_two_specs_claiming_a_dataset_is_an_error(tmp_path):
+    for name in ("a.toml", "b.toml"):
+        (tmp_path / name).write_text('protocol = "knn"\ndatasets = ["cifar10"]\nks = [20]\nt = 0.07\n')
+    with pytest.raises(UsageError, match="a.toml and b.toml both list dataset 'cifar10' for knn"):
+        S.find_spec("knn", "cifar10", tmp_path)
 
 
 def test_spec_resolution():
-    voc = E.find_spec("lowshot", "voc07")
-    assert voc.name == "lowshot_voc07.toml" and E.find_spec("lowshot", "shapes-voc") == voc
-    assert E.find_spec("lowshot", "shapes").name == "lowshot_places205.toml"
-    paper = E.resolve_spec(voc, "voc07", None, {})
+    voc = S.find_spec("lowshot", "voc07")
+    assert voc.name == "lowshot_voc07.toml" and S.find_spec("lowshot", "shapes-voc") == voc
+    assert S.find_spec("lowshot", "shapes").name == "lowshot_places205.toml"
+    paper = S.resolve_spec(voc, "voc07", None, {})
     assert (paper["variant"], paper["feature"], paper["ks"], paper["costs"], paper["runs"]) == \
         ("pcl", "pool", [1, 2, 4, 8, 16], [0.5], 5)
-    goyal = E.resolve_spec(voc, "voc07", "goyal", {"runs": 2})
+    goyal = S.resolve_spec(voc, "voc07", "goyal", {"runs": 2})
     assert goyal["feature"] == "res5_2x2" and goyal["ks"][-1] == 96 and goyal["runs"] == 2
-    assert E.resolve_spec(voc, "shapes-voc", None, {})["image_size"] == 64
+    assert S.resolve_spec(voc, "shapes-voc", None, {})["image_size"] == 64
+    assert S.resolve_spec(voc, "voc07", None, {}, smoke=True)["ks"] == [1, 2]
+    assert S.paper_setup("lowshot", "voc07") == {"arch": "resnet50", "train_split": "trainval",
+                                                 "test_split": "test", "image_size": 224}
+    assert S.paper_setup("lowshot", "voc12") == {} and S.paper_setup("knn", "imagefolder") == {}
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: E.find_spec("lowshot", "mnist"), "no lowshot protocol spec lists dataset 'mnist'"),
-    (lambda: E.resolve_spec(E.find_spec("knn", "shapes"), "shapes", "goyal", {}), "unknown --variant 'goyal'"),
-    (lambda: E.resolve_spec(E.find_spec("knn", "shapes"), "shapes", None, {"fractions": [0.1]}),
+    (lambda: S.find_spec("lowshot", "mnist"), "no lowshot protocol spec lists dataset 'mnist'"),
+    (lambda: S.resolve_spec(S.find_spec("knn", "shapes"), "shapes", "goyal", {}), "unknown --variant 'goyal'"),
+    (lambda: S.resolve_spec(S.find_spec("knn", "shapes"), "shapes", None, {"fractions": [0.1]}),
      "--fractions does not apply to the knn protocol"),
 ])
 def test_spec_errors(call, message):
@@ -88,7 +110,9 @@ def test_every_protocol_to_the_report(tiny_checkpoint, tmp_path, monkeypatch, ca
     assert set(ours["dataset"]) == {"shapes", "shapes-voc"}
     assert set(rows["method"]) == {"pcl_v2", "random init"}
     voc = ours[(ours["dataset"] == "shapes-voc")]
+    per_class, voc = voc[voc["class"] != ""], voc[voc["class"] == ""]
     assert list(voc["setting"]) == ["k=1", "full"] and (voc["metric"] == "mAP").all()
+    assert len(per_class) == 2 * 10 and (per_class["metric"] == "AP").all()  # k=1 and full, 10 classes
     assert list(voc["seeds"].iloc[0]) == [0, 1] and voc["n_runs"].iloc[0] == 2
     assert {"ami", "ami_coarse", "nmi", "ari"} <= set(ours[ours["protocol"] == "ami"]["metric"])
     assert (ours["git_commit"] != "").all() and (ours["checkpoint_sha256"].str.len() == 16).all()
