@@ -29,11 +29,14 @@ from .cluster_stats import SIZE_BINS
 from .errors import UsageError
 from .paths import repo_path
 from .results_store import read_rows
+from .specs import paper_setup
 
 # Rows sharing these fields are one result; the latest (by ``time``) wins.
-RESULT_KEY = ["method", "checkpoint_sha256", "dataset", "protocol", "variant", "setting", "metric"]
+RESULT_KEY = ["method", "checkpoint_sha256", "dataset", "train_split", "test_split", "protocol", "variant",
+              "setting", "metric", "class"]
 TEXT_COLUMNS = ["method", "checkpoint", "checkpoint_sha256", "arch", "dataset", "train_split", "test_split",
-                "protocol", "variant", "setting", "metric"]
+                "protocol", "variant", "setting", "metric", "class"]
+ARCH_NAMES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50"}
 CLUSTER_METRICS = ("ami", "nmi", "ari", "acc")  # in [0, 1]: 3 decimals; everything else is a percentage
 TSNE_POINTS = 2000
 
@@ -44,7 +47,6 @@ class Table:
     protocol: str
     title: str
     caption: str
-    extra: tuple[str, ...] = ()  # store columns shown for measured rows, besides method/arch/dataset/...
 
 
 TABLES = (
@@ -57,14 +59,16 @@ TABLES = (
     Table(4, "knn", "Table 4: weighted kNN on frozen features",
           "Paper: ImageNet top-1; PCL with k=20 neighbours, the others with k=200."),
     Table(5, "detection", "Table 5: VOC detection with a frozen conv body",
-          "Paper: Faster R-CNN, mAP@0.5 on VOC07 test, 3 runs; its dataset column is the training set.",
-          extra=("train_split", "test_split")),
+          "Paper: Faster R-CNN, mAP@0.5 on VOC07 test, 3 runs; its dataset column is the training set."),
     Table(7, "ami", "Table 7: agreement of k-means clusters with the labels",
           "Paper: AMI of k-means (K = 25000) on ImageNet train features."),
 )
+PER_CLASS = {"lowshot": "AP", "detection": "AP"}  # protocols whose per-class rows get a table of their own
 PREAMBLE = ("Paper rows: the PCL paper (ResNet-50 pretrained on ImageNet-1M, 200 epochs).\n"
             "Measured rows: the results store, latest result per checkpoint and setting; cells are mean ± std "
-            "over n runs.\nCompare numbers within a dataset only.")
+            "over n runs (low-shot 'full' is one fit); split is training -> scored split, size the image size.\n"
+            "Compare numbers within a dataset only; † marks a measured row on one of the paper's datasets whose "
+            "setup (arch, splits, image size) differs from the paper's, named in its note.")
 
 
 def _note(message: str) -> None:
@@ -76,7 +80,8 @@ def _note(message: str) -> None:
 
 def latest_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """For each ``RESULT_KEY``, the row with the latest ``time`` (on a tie, the later line of the store)."""
-    rows = rows.fillna({c: "" for c in TEXT_COLUMNS}).astype({c: str for c in TEXT_COLUMNS})
+    rows = rows.astype({c: object for c in TEXT_COLUMNS}).fillna({c: "" for c in TEXT_COLUMNS})
+    rows = rows.astype({c: str for c in TEXT_COLUMNS})
     try:
         times = pd.to_datetime(rows["time"], utc=True, format="ISO8601")
     except (ValueError, TypeError) as e:
@@ -109,19 +114,49 @@ def _checkpoint_labels(rows: pd.DataFrame) -> pd.Series:
     return labels.where(~several, labels + "@" + rows["checkpoint_sha256"].astype(str).str[:8])
 
 
-def _cells(table: Table, paper: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
+def _split(train: str, test: str) -> str:
+    return f"{train}→{test}" if test else train
+
+
+def paper_difference(row: pd.Series) -> str:
+    """"" if a measured row follows the paper's setup for its protocol and dataset (or the paper has none),
+    else "† <what differs>", e.g. "† ResNet-18 (paper ResNet-50), train→val (paper trainval→test)"."""
+    paper = paper_setup(row["protocol"], row["dataset"])
+    if not paper:
+        return ""
+    found = {"arch": ARCH_NAMES.get(row["arch"], row["arch"]), "split": _split(row["train_split"], row["test_split"]),
+             "size": f"{row['image_size']} px" if row["image_size"] != "" else ""}
+    wanted = {"arch": ARCH_NAMES.get(paper.get("arch", ""), paper.get("arch", "")),
+              "split": _split(paper.get("train_split", ""), paper.get("test_split", "")),
+              "size": f"{paper['image_size']} px" if "image_size" in paper else ""}
+    diffs = [f"{found[k]} (paper {wanted[k]})" for k in found if wanted[k] and found[k] and found[k] != wanted[k]]
+    return "† " + ", ".join(diffs) if diffs else ""
+
+
+def measured_frame(measured: pd.DataFrame) -> pd.DataFrame:
+    """Measured rows with the columns the tables show: checkpoint label, split, image size, note."""
+    measured = measured.assign(
+        checkpoint=_checkpoint_labels(measured),
+        split=[_split(a, b) for a, b in zip(measured["train_split"], measured["test_split"])],
+        image_size=[str(p.get("image_size", "")) if isinstance(p, dict) and p.get("image_size") else ""
+                    for p in measured["params"]])
+    measured["note"] = [paper_difference(r) for _, r in measured.iterrows()]
+    return measured.sort_values(["dataset", "method", "checkpoint", "variant", "metric"], kind="stable")
+
+
+def _cells(paper: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
     """One formatted value per row: paper rows in the paper's order, then measured rows sorted."""
     paper_cells = pd.DataFrame({
-        "source": "paper", "method": paper["method"], "arch": "", "dataset": paper["dataset"],
-        **{c: "" for c in table.extra}, "checkpoint": "", "variant": "", "metric": paper["metric"],
+        "source": "paper", "method": paper["method"], "arch": "", "dataset": paper["dataset"], "split": "",
+        "image_size": "", "checkpoint": "", "variant": "", "metric": paper["metric"],
         "setting": paper["setting"], "n": "", "note": paper["note"],
         "cell": [format_value(v, None, m) for v, m in zip(paper["value"], paper["metric"])]})
-    measured = measured.assign(checkpoint=_checkpoint_labels(measured))
-    measured = measured.sort_values(["dataset", "method", "checkpoint", "variant", "metric"], kind="stable")
+    measured = measured_frame(measured)
     measured_cells = pd.DataFrame({
-        "source": "measured", **{c: measured[c] for c in ("method", "arch", "dataset", *table.extra,
+        "source": "measured", **{c: measured[c] for c in ("method", "arch", "dataset", "split", "image_size",
                                                            "checkpoint", "variant", "metric", "setting")},
-        "n": measured["n_runs"].astype(int).astype(str), "note": "",
+        "n": [str(int(n)) if s != "full" else "" for n, s in zip(measured["n_runs"], measured["setting"])],
+        "note": measured["note"],
         "cell": [format_value(m, s if n >= 2 else None, metric)  # one run has no spread
                  for m, s, n, metric in zip(measured["mean"], measured["std"], measured["n_runs"],
                                             measured["metric"])]})
@@ -139,19 +174,35 @@ def _setting_order(setting: str) -> tuple:
         return (1, name, float("inf"))
 
 
-def table_frame(table: Table, paper: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
+KEYS = ["source", "method", "arch", "dataset", "split", "image_size", "checkpoint", "variant", "metric"]
+
+
+def table_frame(paper: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
     """The wide table: key columns, one column per setting (``value`` for the empty setting), ``n`` (runs of
     the measured cells) and ``note``; columns empty in every row are dropped."""
-    cells = _cells(table, paper, measured)
-    keys = ["source", "method", "arch", "dataset", *table.extra, "checkpoint", "variant", "metric"]
+    cells = _cells(paper, measured)
     settings = sorted(cells["setting"].unique(), key=_setting_order)
     rows = []
-    for key, group in cells.groupby(keys, sort=False):
+    for key, group in cells.groupby(KEYS, sort=False):
         values = dict(zip(group["setting"], group["cell"]))
         notes = dict.fromkeys(part for note in group["note"] for part in note.split("; ") if part)
-        rows.append({**dict(zip(keys, key)), **{s or "value": values.get(s, "") for s in settings},
+        rows.append({**dict(zip(KEYS, key)), **{s or "value": values.get(s, "") for s in settings},
                      "n": "/".join(sorted(set(group["n"]) - {""}, key=int)), "note": "; ".join(notes)})
     frame = pd.DataFrame(rows)
+    return frame[[c for c in frame.columns if (frame[c] != "").any()]]
+
+
+def per_class_frame(measured: pd.DataFrame) -> pd.DataFrame:
+    """One row per measured result with per-class rows (checkpoint, setting, ...), one column per class."""
+    measured = measured_frame(measured)
+    keys = ["method", "arch", "dataset", "split", "image_size", "checkpoint", "variant", "setting", "metric"]
+    rows = []
+    for key, group in measured.groupby(keys, sort=False):
+        rows.append({**dict(zip(keys, key)), **{c: format_value(m, None, metric) for c, m, metric
+                                                 in zip(group["class"], group["mean"], group["metric"])}})
+    frame = pd.DataFrame(rows, columns=keys) if not rows else pd.DataFrame(rows)
+    frame = frame.sort_values(keys[:-2] + ["setting"], key=lambda col: col.map(_setting_order)
+                              if col.name == "setting" else col, kind="stable")
     return frame[[c for c in frame.columns if (frame[c] != "").any()]]
 
 
@@ -329,16 +380,24 @@ def build_report(store_path: str | os.PathLike, out_dir: str | os.PathLike = "re
         raise UsageError(f"results store {store_path} does not exist; run an evaluation first (it appends to "
                          f"results/store.jsonl) or pass the store's path")
     measured = latest_rows(read_rows(store_path))
+    per_class = measured[measured["class"] != ""]
+    measured = measured[measured["class"] == ""]
     written: dict[str, Path] = {}
     papers = {}
     for table in TABLES:
         papers[table.protocol] = load_paper(table, paper_dir)
-        frame = table_frame(table, papers[table.protocol], measured[measured["protocol"] == table.protocol])
         stem = f"table{table.number}_{table.protocol}"
-        for name, text in ((f"{stem}.csv", frame.to_csv(index=False)),
-                           (f"{stem}.md", to_markdown(frame, table.title, table.caption))):
-            write_text(text, out / name)
-            written[name] = out / name
+        frames = {stem: (table_frame(papers[table.protocol], measured[measured["protocol"] == table.protocol]),
+                         table.title, table.caption)}
+        classes = per_class[per_class["protocol"] == table.protocol]
+        if table.protocol in PER_CLASS and not classes.empty:
+            frames[f"{stem}_per_class"] = (per_class_frame(classes), f"{table.title}, per class",
+                                           f"Measured {PER_CLASS[table.protocol]} of each class.")
+        for name, (frame, title, caption) in frames.items():
+            for file, text in ((f"{name}.csv", frame.to_csv(index=False)),
+                               (f"{name}.md", to_markdown(frame, title, caption))):
+                write_text(text, out / file)
+                written[file] = out / file
     lowshot = measured[measured["protocol"] == "lowshot"]
     figures = {
         "lowshot_curves.png": lambda p: plot_lowshot(lowshot.assign(checkpoint=_checkpoint_labels(lowshot)),

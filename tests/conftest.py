@@ -24,3 +24,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line on the real-data tier, so that CI logs show whether it ran on real images or skipped."""
+    from real_data import SHARED_DATA
+
+    counts = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        reports = terminalreporter.stats.get(outcome, [])
+        counts[outcome] = sum(1 for r in reports if "test_real_data" in getattr(r, "nodeid", ""))
+    if any(counts.values()):
+        found = "found" if SHARED_DATA.is_dir() else "absent"
+        terminalreporter.write_line(
+            f"real-data tier ({SHARED_DATA}, {found}): " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
