@@ -19,13 +19,13 @@ import time
 import torch
 from torchvision.transforms import PILToTensor
 
-from pcl_bench.atomic import write_json
 from pcl_bench.config import resolve
 from pcl_bench.data.augment import pretrain_transform
 from pcl_bench.data.batch_augment import BatchAugment
-from pcl_bench.metrics_log import read_epochs
-from pcl_bench.pretrain import image_size, load_split, pretrain, resolve_device
-from pcl_bench.provenance import machine, provenance
+from pcl_bench.runtime.atomic import write_json
+from pcl_bench.runtime.metrics_log import read_epochs
+from pcl_bench.runtime.provenance import machine, provenance
+from pcl_bench.train.engine import image_size, load_split, pretrain, resolve_device
 
 
 def time_augmentations(cfg, device: torch.device, rounds: int) -> tuple[float, float]:

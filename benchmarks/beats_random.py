@@ -1,12 +1,12 @@
 """Does every pretrained encoder beat a randomly initialised one on every score of a results store?
 
-Reads a store (default: the demo's ``results/shapes_demo.jsonl``), takes its latest rows as the report
-does (:func:`pcl_bench.report.latest_rows`), and compares each method's mean with the ``random init`` row of
+Reads a store (default: the demo's ``runs/demo/results.jsonl``), takes its latest rows as the report
+does (:func:`pcl_bench.analysis.report.latest_rows`), and compares each method's mean with the ``random init`` row of
 the same score. Prints one line per score and a summary; exits 1 if some method is not above random init.
 Detection is skipped: the demo does not run it, so its rows may come from other checkpoints.
 
-    python benchmarks/beats_random.py                       # the demo's store
-    python benchmarks/beats_random.py results/other.jsonl --baseline "random init"
+    python benchmarks/beats_random.py                           # the demo's store
+    python benchmarks/beats_random.py results/shapes_demo.jsonl  # the committed example
 """
 from __future__ import annotations
 
@@ -14,17 +14,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from pcl_bench.report import latest_rows
-from pcl_bench.results_store import read_rows
+from pcl_bench.analysis.report import latest_rows
+from pcl_bench.eval.store import read_rows
 
-DEFAULT_STORE = Path(__file__).resolve().parent.parent / "results" / "shapes_demo.jsonl"
+DEFAULT_STORE = Path(__file__).resolve().parent.parent / "runs" / "demo" / "results.jsonl"
 SCORE = ["protocol", "dataset", "setting", "metric"]
 
 
 def newest_scores(store: Path) -> dict[tuple, dict[str, float]]:
-    """{(protocol, dataset, setting, metric): {method: mean}} from the store's latest rows; detection left out."""
+    """{(protocol, dataset, setting, metric): {method: mean}} from the store's latest rows; detection and
+    per-class rows left out."""
     rows = latest_rows(read_rows(store))
-    rows = rows[rows["protocol"] != "detection"]
+    rows = rows[(rows["protocol"] != "detection") & (rows["class"] == "")]
     scores: dict[tuple, dict[str, float]] = {}
     for key, group in rows.groupby(SCORE, sort=True):
         scores[key] = dict(zip(group["method"], group["mean"].astype(float)))

@@ -22,14 +22,14 @@ import torch
 from short_run_probe import parse_set  # this folder is on sys.path when run as a script
 from torch import nn
 
-from pcl_bench.atomic import write_text
 from pcl_bench.config import resolve, set_world
 from pcl_bench.data.batch_augment import BatchAugment
 from pcl_bench.methods import build_method
 from pcl_bench.models.encoders import MaxPool2dNHWC
 from pcl_bench.models.one_pixel import OnePixelConv2d
-from pcl_bench.pretrain import make_optimizer
-from pcl_bench.provenance import machine, provenance
+from pcl_bench.runtime.atomic import write_text
+from pcl_bench.runtime.provenance import machine, provenance
+from pcl_bench.train.engine import make_optimizer
 
 VARIANTS = ("fast", "no_one_pixel", "no_nhwc_pool", "no_fused_sgd", "plain")
 

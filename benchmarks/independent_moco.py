@@ -33,9 +33,9 @@ from PIL import Image, ImageFilter
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pcl_bench.atomic import write_text
 from pcl_bench.data import shapes
-from pcl_bench.provenance import provenance
+from pcl_bench.runtime.atomic import write_text
+from pcl_bench.runtime.provenance import provenance
 
 RESULTS = Path(__file__).parent / "results" / "independent_moco.jsonl"
 SIZE, BATCH, SUB_BATCHES = 32, 128, 4

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pcl_bench.atomic import write_json
-from pcl_bench.kmeans import faiss_gpu_available, kmeans
-from pcl_bench.provenance import provenance
+from pcl_bench.runtime.atomic import write_json
+from pcl_bench.runtime.provenance import provenance
+from pcl_bench.train.kmeans import faiss_gpu_available, kmeans
 
 
 def main() -> None:

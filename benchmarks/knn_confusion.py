@@ -4,7 +4,7 @@ Backbone features of the centre crops at ``--image-size`` (the preset's 32 px by
 training images, weighted kNN (k = 20, t = 0.07, as the end of ``pcl-bench pretrain``). Rows are true classes,
 columns predictions, each row sums to the test images of its class (100).
 
-    python benchmarks/knn_confusion.py runs/demo_pcl_v2/last.pt
+    python benchmarks/knn_confusion.py runs/demo/pcl_v2/last.pt
     python benchmarks/knn_confusion.py random:resnet18
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader
 
 from pcl_bench.data.augment import eval_transform
 from pcl_bench.data.shapes import FINE_CLASSES, ShapesDataset
-from pcl_bench.evaluate import load_encoder
-from pcl_bench.features import extract_features
-from pcl_bench.knn import knn_predict
+from pcl_bench.eval.features import extract_features
+from pcl_bench.eval.knn import knn_predict
+from pcl_bench.eval.runner import load_encoder
 
 
 def confusion(checkpoint: str, image_size: int, k: int, t: float) -> torch.Tensor:

@@ -6,7 +6,7 @@ every (k, run, class) fit is solved in parallel. Both paths draw the same sample
 exactly; the script checks that and prints the speed ratio measured in this one process.
 
     python benchmarks/lowshot_speed.py                          # shapes-voc, a random ResNet-18
-    python benchmarks/lowshot_speed.py --checkpoint runs/demo_pcl_v2/last.pt
+    python benchmarks/lowshot_speed.py --checkpoint runs/demo/pcl_v2/last.pt
     python benchmarks/lowshot_speed.py --dataset voc07 --data-root ~/data/VOCdevkit --checkpoint x.pt
 """
 from __future__ import annotations
@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pcl_bench.atomic import write_json
 from pcl_bench.data import build_dataset
 from pcl_bench.data.augment import eval_transform
-from pcl_bench.evaluate import Evaluation, find_spec, load_encoder, resolve_spec
-from pcl_bench.features import extract_features
-from pcl_bench.lowshot import run_lowshot_voc
-from pcl_bench.provenance import provenance
+from pcl_bench.eval.features import extract_features
+from pcl_bench.eval.lowshot import run_lowshot_voc
+from pcl_bench.eval.runner import Evaluation, find_spec, load_encoder, resolve_spec
+from pcl_bench.runtime.atomic import write_json
+from pcl_bench.runtime.provenance import provenance
 
 
 def plain_features(ev: Evaluation, split: str) -> tuple[np.ndarray, np.ndarray]:

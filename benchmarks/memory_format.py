@@ -22,11 +22,11 @@ import time
 import torch
 from short_run_probe import parse_set  # this folder is on sys.path when run as a script
 
-from pcl_bench.atomic import write_text
 from pcl_bench.config import resolve, set_world
 from pcl_bench.methods import build_method
-from pcl_bench.pretrain import resolve_device
-from pcl_bench.provenance import machine, provenance
+from pcl_bench.runtime.atomic import write_text
+from pcl_bench.runtime.provenance import machine, provenance
+from pcl_bench.train.engine import resolve_device
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 

@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 
 from pcl_bench.config import resolve
-from pcl_bench.metrics_log import read_epochs
-from pcl_bench.pretrain import pretrain, resolve_device
-from pcl_bench.provenance import machine, provenance
+from pcl_bench.runtime.metrics_log import read_epochs
+from pcl_bench.runtime.provenance import machine, provenance
+from pcl_bench.train.engine import pretrain, resolve_device
 
 
 def mean(rows: list[dict[str, float]], key: str) -> float:

@@ -27,15 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from pcl_bench.atomic import write_text
 from pcl_bench.config import resolve, set_world
 from pcl_bench.data import shapes
 from pcl_bench.data.augment import TwoCropsTransform, eval_transform, pretrain_transform
-from pcl_bench.features import extract_features
-from pcl_bench.knn import knn_accuracy
+from pcl_bench.eval.features import extract_features
+from pcl_bench.eval.knn import knn_accuracy
 from pcl_bench.methods import build_method
 from pcl_bench.models.encoders import backbone_features, build_encoder
-from pcl_bench.provenance import provenance
+from pcl_bench.runtime.atomic import write_text
+from pcl_bench.runtime.provenance import provenance
 
 RESULTS = Path(__file__).parent / "results" / "short_run_probe.jsonl"
 

@@ -6,8 +6,10 @@ import dataclasses
 import sys
 import typing
 
-from .config import METHOD_PRESETS, SCALE_PRESETS, PretrainConfig
-from .errors import UsageError, one_line
+from .config import SCALE_PRESETS, PretrainConfig
+from .eval.store import DEFAULT_PATH
+from .methods import METHODS
+from .runtime.errors import UsageError, one_line
 
 
 def _list_of(kind: type):
@@ -23,6 +25,7 @@ def _list_of(kind: type):
 _int_list, _float_list = _list_of(int), _list_of(float)
 
 
+DEFAULT_STORE = str(DEFAULT_PATH)
 # ``pcl-bench eval`` flags of the dataset (any protocol, also ``eval all``): its splits and image size.
 DATASET_FLAGS: dict[str, tuple] = {
     "train_split": (str, ("split the classifier / bank / clustering / detector trains on "
@@ -52,7 +55,7 @@ SPEC_FLAGS = {
 
 
 def _add_eval_parser(sub) -> None:
-    from .evaluate import PROTOCOLS
+    from .eval.runner import PROTOCOLS
     ev = sub.add_parser("eval", help="evaluate a checkpoint with one of the paper's protocols")
     ev.add_argument("protocol", choices=[*PROTOCOLS, "all"],
                     help="the protocol; 'all' runs every protocol whose spec lists --dataset")
@@ -66,7 +69,8 @@ def _add_eval_parser(sub) -> None:
     ev.add_argument("--spec", help="protocol spec file (default: the protocols/*.toml that lists --dataset)")
     ev.add_argument("--variant", help="spec variant, e.g. lowshot --variant goyal, detection --variant short")
     ev.add_argument("--label", help="method name in the results (default: from the checkpoint)")
-    ev.add_argument("--results", default="results/store.jsonl", help="results store to append to")
+    ev.add_argument("--results", default=DEFAULT_STORE, help="results store to append to (label subsets, "
+                                                            "logs and t-SNE samples go next to it)")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ev.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     ev.add_argument("--batch-size", type=int, default=256, help="feature-extraction batch size")
@@ -113,7 +117,7 @@ def _add_analyze_parser(sub) -> None:
     col.add_argument("--image-size", type=int, help="centre-crop size [default: the run's training crop, "
                                                     "else the dataset's native size]")
     col.add_argument("--label", help="method name in the results (default: from the checkpoint)")
-    col.add_argument("--results", default="results/store.jsonl",
+    col.add_argument("--results", default=DEFAULT_STORE,
                      help="results store to append to; the PNG and JSON go to its folder's collapse/")
     col.add_argument("--device", default="auto", help="auto, cpu or cuda")
     col.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
@@ -131,7 +135,7 @@ def _add_sweep_parser(sub) -> None:
                     help="comma-separated methods, e.g. simclr,clop")
     sw.add_argument("--lr", type=_float_list, required=True,
                     help="comma-separated learning rates, e.g. 0.01,0.1,1")
-    sw.add_argument("--results-dir", default="results", help="folder for the table and figure")
+    sw.add_argument("--results-dir", default="runs/sweep", help="folder for the table and figure")
     _add_config_flags(sw, skip=("method", "lr", "name", "resume", "final_knn", "smoke"))
 
 
@@ -142,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain", help="pretrain an encoder",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Pretrain an encoder with PCL, MoCo, InstDisc or SimCLR and write a run folder.\n\n"
-                    f"methods: {', '.join(METHOD_PRESETS)}\n"
+                    f"methods: {', '.join(METHODS)}\n"
                     f"datasets: shapes (default, generated locally), imagenet, imagefolder, cifar10, cifar100, "
                     f"stl10\nsmall-scale presets exist for: {', '.join(SCALE_PRESETS)}; defaults otherwise "
                     f"follow the paper's ImageNet recipe.\nMulti-GPU / multi-node: "
@@ -150,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(pre)
     _add_eval_parser(sub)
     rep = sub.add_parser("report", help="rebuild the paper's tables and figures from the results store")
-    rep.add_argument("--results", default="results/store.jsonl", help="results store to read")
-    rep.add_argument("--out", default="results", help="folder for the tables and PNGs")
+    rep.add_argument("--results", default=DEFAULT_STORE, help="results store to read")
+    rep.add_argument("--out", help="folder for the tables and PNGs [default: report/ next to the store]")
     rep.add_argument("--runs", default="runs", help="pretraining run folders (for the cluster-size figure)")
     rep.add_argument("--features", help="t-SNE feature files [default: <results folder>/features]")
     _add_analyze_parser(sub)
@@ -165,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .evaluate import format_rows, plan, protocols_for, run
+    from .eval.runner import format_rows, plan, protocols_for, run
     overrides = {k: getattr(args, k) for k in {**DATASET_FLAGS, **SPEC_FLAGS} if getattr(args, k) is not None}
     protocols = protocols_for(args.dataset) if args.protocol == "all" else [args.protocol]
     if len(protocols) > 1 and (set(overrides) - set(DATASET_FLAGS) or args.spec or args.variant):
@@ -185,18 +189,19 @@ def _eval(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .report import build_report
+    from .analysis.report import build_report
     features = Path(args.features) if args.features else Path(args.results).parent / "features"
-    written = build_report(args.results, args.out, runs_dir=args.runs if Path(args.runs).is_dir() else None,
+    out = Path(args.out) if args.out else Path(args.results).parent / "report"
+    written = build_report(args.results, out, runs_dir=args.runs if Path(args.runs).is_dir() else None,
                            features_dir=features if features.is_dir() else None)
     for name, path in written.items():
         if name.endswith(".md"):
             print(path.read_text())
-    print(f"wrote {len(written)} files to {args.out}: {', '.join(written)}")
+    print(f"wrote {len(written)} files to {out}: {', '.join(written)}")
 
 
 def _analyze(args: argparse.Namespace) -> None:
-    from .collapse import analyze_collapse, format_metrics
+    from .analysis.collapse import analyze_collapse, format_metrics
     out = analyze_collapse(args.checkpoint, args.dataset, args.data_root, args.split, args.results,
                            args.image_size, args.label, args.device, args.workers, args.batch_size)
     info = out["info"]
@@ -210,7 +215,7 @@ def _analyze(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .sweep import run_sweep
+    from .train.sweep import run_sweep
     common = {k: v for k, v in vars(args).items()
               if k not in ("command", "methods", "lr", "results_dir", "label_fraction", "overwrite")}
     dataset, out = args.dataset or PretrainConfig.dataset, Path(args.results_dir)
@@ -220,7 +225,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .checkpoints import export_torchvision
+    from .models.checkpoints import export_torchvision
     info = export_torchvision(args.checkpoint, args.out)
     print(f"wrote the {info['arch']} backbone of {args.checkpoint} as a torchvision state_dict to {args.out}")
 
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "pretrain":
-            from .pretrain import TrainingDiverged, config_for_run, pretrain
+            from .train.engine import TrainingDiverged, config_for_run, pretrain
             overrides = {k: v for k, v in vars(args).items() if k != "command"}
             try:
                 pretrain(config_for_run(overrides))

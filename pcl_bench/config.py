@@ -1,11 +1,12 @@
-"""Pretraining configuration: one dataclass, method presets, dataset-scale presets, and up-front checks.
+"""Pretraining configuration: one dataclass, dataset-scale presets, and up-front checks.
 
-A run's configuration is resolved in three layers, later ones winning:
+A run's configuration is resolved in layers, later ones winning:
 
 1. :class:`PretrainConfig` defaults, which are the PCL paper's ImageNet recipe (ResNet-50, 200 epochs,
    batch 256, lr 0.03, SGD 0.9 / 1e-4, r = 16384, K = 25000/50000/100000, 20 warm-up epochs);
-2. ``METHOD_PRESETS[method]``: the reference recipe of each method (MoCo v1 / v2 and PCL v1 / v2 READMEs);
-3. ``SCALE_PRESETS[dataset]``: documented small-scale settings for ``shapes`` and CIFAR (see each entry);
+2. the method's reference recipe, declared where the method is registered (:mod:`pcl_bench.methods`);
+3. ``SCALE_PRESETS[dataset]``: documented small-scale settings for ``shapes`` and CIFAR (see each entry), then
+   the method's own changes to them;
 4. command-line flags.
 
 Each field's ``help`` is the ``pcl-bench pretrain --help`` text of its flag.
@@ -20,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .data import default_splits
-from .errors import UsageError
+from .data.augment import AUGMENTATIONS
+from .data.batch_augment import AUG_BACKENDS, FIXED_SIZE_DATASETS
+from .methods import DATASET_PRESETS, PRESETS, method_class
+from .models import ARCHS, HEADS, STEMS
+from .runtime.errors import UsageError
+from .train.concentration import CONCENTRATIONS
+from .train.kmeans import KMEANS_BACKENDS
 
 
 def _f(default: Any, help: str, **kw):
@@ -124,26 +131,13 @@ class PretrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
-# Reference recipes at ImageNet scale (pcl_reference.md §1.1, §8).
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    "moco": {"head": "linear", "temperature": 0.07, "aug": "v1", "cos": False, "queue": 65536},
-    "moco_v2": {"head": "mlp", "temperature": 0.2, "aug": "v2", "cos": True, "queue": 65536},
-    "pcl": {"head": "linear", "temperature": 0.2, "aug": "v1", "cos": False, "queue": 16384},
-    "pcl_v2": {"head": "mlp", "temperature": 0.2, "aug": "v2", "cos": True, "queue": 16384},
-    "instdisc": {"head": "linear", "temperature": 0.07, "aug": "v1", "cos": False, "queue": 4096},
-    "simclr": {"head": "mlp", "temperature": 0.1, "aug": "v2", "cos": True},
-    "clop": {"head": "mlp", "temperature": 0.1, "aug": "v2", "cos": True},
-    "supcon": {"head": "mlp", "temperature": 0.1, "aug": "v2", "cos": True},
-    "supcon_clop": {"head": "mlp", "temperature": 0.1, "aug": "v2", "cos": True},
-}
-
 # Small-scale settings. 'shapes' is sized so that a run takes 7-9 minutes on 2 CPU cores and the full demo
 # (two pretrainings and every protocol) about 20 minutes: ResNet-18 with the ImageNet stem on 32 px crops of
 # the 64 px images (4x cheaper than 64 px), 20 epochs of batch 32 with 2 SplitBN sub-batches (3,120 steps: in a
-# fixed CPU budget, more small steps beat fewer large ones here; see the README), augmented in batches and trained
-# in NCHW (at this size both are faster on a CPU: benchmarks/aug_backend.py, memory_format.py), lr 0.015 (0.06
-# stalls MoCo), a 4096-key queue with m = 0.99 (the MoCo CIFAR demo's choices; moco_v2: 512, pcl_v2: 1024,
-# below), over-clustering of the 5000 images into 250/500/1000 prototypes with r = 96 negative prototypes
+# fixed CPU budget, more small steps beat fewer large ones here), augmented in batches and trained in NCHW (at
+# this size both are faster on a CPU: benchmarks/aug_backend.py, memory_format.py), lr 0.015 (0.06 stalls MoCo),
+# a 4096-key queue with m = 0.99 (the MoCo CIFAR demo's choices; moco_v2 and pcl_v2 change the queue in their
+# own presets), over-clustering of the 5000 images into 250/500/1000 prototypes with r = 96 negative prototypes
 # (r <= K_min - batch), 1 warm-up epoch.
 # CIFAR follows the MoCo CIFAR-10 demo (small stem, batch 512, lr 0.06, wd 5e-4, K = 4096, m = 0.99) with
 # PCL's over-clustering of salesforce/PCL#7 (K = 1000/2000/4000) but r = 256, not #7's 512: a batch of 512 may
@@ -160,27 +154,15 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": _CIFAR,
     "cifar100": _CIFAR,
 }
-# Per (dataset, method) changes to a small-scale preset, applied after it.
-SCALE_METHOD_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
-    # small batches need a softer NT-Xent temperature
-    **{(d, m): {"temperature": 0.5} for d in SCALE_PRESETS for m in ("simclr", "clop", "supcon", "supcon_clop")},
-    # A 4096-key queue spans 128 steps of batch 32; with it moco_v2's loss rises as the lr decays (likely: its old
-    # keys are easy negatives). 512 keys (16 steps) gave moco_v2 +5 kNN on shapes; pcl_v2 does best with 1024
-    # (+1 on two seeds; 512: no gain). See the README.
-    ("shapes", "moco_v2"): {"queue": 512},
-    ("shapes", "pcl_v2"): {"queue": 1024},
-}
-
-
 def resolve(overrides: dict[str, Any]) -> PretrainConfig:
     """Build a config from defaults, the method and dataset presets, then ``overrides`` (non-None values)."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
     method = overrides.get("method", PretrainConfig.method)
     dataset = overrides.get("dataset", PretrainConfig.dataset)
-    values: dict[str, Any] = dict(METHOD_PRESETS.get(method, {}))
+    values: dict[str, Any] = dict(PRESETS.get(method, {}))
     if dataset in SCALE_PRESETS:
         values.update(SCALE_PRESETS[dataset])
-        values.update(SCALE_METHOD_OVERRIDES.get((dataset, method), {}))
+        values.update(DATASET_PRESETS.get(method, {}).get(dataset, {}))
     values.update(overrides)
     names = {f.name for f in dataclasses.fields(PretrainConfig)}
     unknown = set(values) - names
@@ -210,21 +192,11 @@ def set_world(cfg: PretrainConfig, world_size: int) -> None:
 
 def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes: int | None = None) -> None:
     """Check the constraints that would otherwise fail hours into a run; raise UsageError naming the fix.
-
-    ``num_classes`` (of the training set) is needed to check that CLOP's prototypes fit in ``--dim``.
-    """
-    from .concentration import CONCENTRATIONS
-    from .data.augment import AUGMENTATIONS
-    from .data.batch_augment import AUG_BACKENDS, FIXED_SIZE_DATASETS
-    from .kmeans import KMEANS_BACKENDS
-    from .losses.clop import check_prototypes_fit
-    from .methods import METHODS, method_class
-    from .methods.clop import CLOPTerm
-    from .methods.momentum import MomentumContrast
-    from .models import ARCHS, HEADS, STEMS
-
-    choices = {"method": METHODS, "arch": ARCHS, "stem": STEMS, "head": HEADS, "aug": AUGMENTATIONS,
-               "concentration": CONCENTRATIONS, "kmeans_backend": KMEANS_BACKENDS, "aug_backend": AUG_BACKENDS}
+    The generic ones here, then the method's own (:meth:`pcl_bench.methods.Method.check`); ``num_classes``
+    (of the training set) lets CLOP check that its prototypes fit in ``--dim``."""
+    choices = {"arch": ARCHS, "stem": STEMS, "head": HEADS, "aug": AUGMENTATIONS, "concentration": CONCENTRATIONS,
+               "kmeans_backend": KMEANS_BACKENDS, "aug_backend": AUG_BACKENDS}
+    method = method_class(cfg)  # with the CLOP term mixed in under --clop
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise UsageError(f"unknown --{key.replace('_', '-')} {getattr(cfg, key)!r}; "
@@ -235,28 +207,13 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
                          f"{cfg.dataset}")
     if cfg.batch_size % world_size:
         raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes")
-    local_b = cfg.batch_size // world_size
     if cfg.batch_size > num_samples:
         raise UsageError(f"--batch-size {cfg.batch_size} is larger than the {num_samples} training images")
-    method = method_class(cfg)  # with the CLOP term mixed in under --clop
-    if issubclass(method, MomentumContrast) and cfg.queue % cfg.batch_size:
-        raise UsageError(f"--queue {cfg.queue} is not a multiple of the global batch {cfg.batch_size}; "
-                         f"use e.g. --queue {cfg.batch_size * max(1, cfg.queue // cfg.batch_size)}")
-    if method.clusters:
-        if not cfg.num_cluster:
-            raise UsageError("--num-cluster is empty; give at least one K, e.g. --num-cluster 250,500,1000")
-        if max(cfg.num_cluster) > num_samples:
-            raise UsageError(f"--num-cluster {max(cfg.num_cluster)} is larger than the {num_samples} training "
-                             f"images; use at most {num_samples} prototypes")
-        if cfg.kmeans_iters < 1 or cfg.kmeans_restarts < 1:
-            raise UsageError("--kmeans-iters and --kmeans-restarts must be at least 1")
-        check_proto_negatives(cfg.proto_negatives, min(cfg.num_cluster), local_b)
-    check_bn_splits(local_b, cfg.bn_splits, world_size)
     if cfg.subset_per_class is not None and cfg.subset_per_class < 1:
         raise UsageError("--subset-per-class must be positive")
-    validate_labels(cfg, method)
-    if issubclass(method, CLOPTerm) and num_classes is not None:
-        check_prototypes_fit(num_classes, cfg.dim)
+    local_batch = cfg.batch_size // world_size
+    check_bn_splits(local_batch, cfg.bn_splits, world_size)
+    method.check(cfg, num_samples, num_classes, local_batch)
 
 
 SMOKE_IMAGES = 256  # a smoke run trains on at least this many images, and on at least four batches
@@ -276,8 +233,6 @@ def fit_smoke_clusters(cfg: PretrainConfig, num_samples: int, world_size: int) -
     """A smoke config whose K and r fit its ``num_samples`` images, and a note of what changed ("" if
     nothing): the K spread up to ``num_samples / 2`` (clusters of two images on average, so that every
     clustering has concentrations to estimate), r at most a quarter of the clusters a batch leaves free."""
-    from .methods import method_class
-
     local_b, ks, r = cfg.batch_size // world_size, cfg.num_cluster, cfg.proto_negatives
     largest = num_samples // 2
     if not method_class(cfg).clusters or (max(ks) <= largest and min(ks) - local_b >= max(r, 1)):
@@ -293,21 +248,6 @@ def fit_smoke_clusters(cfg: PretrainConfig, num_samples: int, world_size: int) -
     return dataclasses.replace(cfg, num_cluster=fitted, proto_negatives=r), note
 
 
-def check_proto_negatives(r: int, k_min: int, local_b: int) -> None:
-    """ProtoNCE draws r negatives from the clusters no sample of the batch is in: at least k_min - local_b."""
-    if r < 0:
-        raise UsageError(f"--proto-negatives {r} is negative; use a count of prototypes, e.g. 16")
-    free = k_min - local_b
-    if free < 1:
-        raise UsageError(f"the smallest --num-cluster {k_min} leaves no cluster free of a batch of {local_b}, "
-                         f"so ProtoNCE has no negative prototypes to draw; use K above {local_b + max(r, 1)} "
-                         f"(K > batch per process + r) or a smaller --batch-size")
-    if r > free:
-        raise UsageError(f"--proto-negatives {r} (r; it defaults to --queue) is more than the {k_min} - {local_b}"
-                         f" = {free} clusters that a batch of {local_b} may leave free; use --proto-negatives "
-                         f"{free} or less, or a larger smallest --num-cluster")
-
-
 def check_bn_splits(local_b: int, splits: int, world_size: int) -> None:
     """SplitBatchNorm normalises each of ``splits`` sub-batches alone: each needs at least 2 images."""
     splits = max(splits, 1)
@@ -318,15 +258,3 @@ def check_bn_splits(local_b: int, splits: int, world_size: int) -> None:
                          f"sub-batch ({local_b} per process / --bn-splits {splits}), and BatchNorm needs at least "
                          f"2; use --bn-splits {max(local_b // 2, 1)} or fewer, or --batch-size "
                          f"{2 * splits * world_size} or more")
-
-
-def validate_labels(cfg: PretrainConfig, method: type) -> None:
-    """``--label-fraction`` is required by, and only accepted for, methods that train with labels."""
-    flags = f"--method {cfg.method}" + (" --clop" if cfg.clop else "")
-    if method.uses_labels and cfg.label_fraction is None:
-        raise UsageError(f"{flags} trains with labels; pass --label-fraction, e.g. 0.1 (1 keeps every label)")
-    if not method.uses_labels and cfg.label_fraction is not None:
-        raise UsageError(f"--label-fraction applies only to methods that train with labels (clop, supcon, "
-                         f"supcon_clop, or any method with --clop); drop it or add --clop to {flags}")
-    if cfg.label_fraction is not None and not 0 < cfg.label_fraction <= 1:
-        raise UsageError(f"--label-fraction must be in (0, 1], e.g. 0.1; got {cfg.label_fraction}")

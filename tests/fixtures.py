@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcl_bench.errors import UsageError
+from pcl_bench.runtime.errors import UsageError
 
 STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_mutual_info_score
 
-from pcl_bench.ami import cluster_quality
-from pcl_bench.errors import UsageError
-from pcl_bench.kmeans import kmeans
+from pcl_bench.eval.ami import cluster_quality
+from pcl_bench.runtime.errors import UsageError
+from pcl_bench.train.kmeans import kmeans
 
 
 def blobs(groups: int, fine_per_group: int, per_blob: int = 40, seed: int = 0):

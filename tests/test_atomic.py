@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from pcl_bench import atomic
-from pcl_bench.atomic import save_torch, write_json
+from pcl_bench.runtime import atomic
+from pcl_bench.runtime.atomic import save_torch, write_json
 
 
 def test_save_torch_roundtrip(tmp_path):

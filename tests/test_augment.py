@@ -5,7 +5,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from pcl_bench.data.augment import GaussianBlur, TwoCropsTransform, eval_transform, pretrain_transform
-from pcl_bench.errors import UsageError
+from pcl_bench.runtime.errors import UsageError
 
 
 def kinds(pipeline):

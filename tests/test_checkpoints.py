@@ -7,18 +7,18 @@ import torch
 import torchvision
 from torch import nn
 
-from pcl_bench.checkpoints import (
+from pcl_bench.config import resolve
+from pcl_bench.methods import build_method
+from pcl_bench.models.checkpoints import (
     export_torchvision,
     file_sha256,
     infer_arch,
     load_backbone,
     read_checkpoint,
 )
-from pcl_bench.config import resolve
-from pcl_bench.errors import UsageError
-from pcl_bench.methods import build_method
 from pcl_bench.models.encoders import backbone_features, build_encoder
-from pcl_bench.pretrain import save_checkpoint
+from pcl_bench.runtime.errors import UsageError
+from pcl_bench.train.engine import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

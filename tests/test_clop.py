@@ -12,13 +12,13 @@ from test_pretrain import TINY, records
 
 from pcl_bench.cli import main
 from pcl_bench.data import shapes
-from pcl_bench.errors import UsageError
+from pcl_bench.data.subsets import load_subset
 from pcl_bench.losses import NTXent
 from pcl_bench.losses.clop import CLOPLoss, orthonormal_prototypes
 from pcl_bench.losses.supcon import SemiSupCon
 from pcl_bench.methods import METHODS
 from pcl_bench.methods.clop import CLOPTerm, with_clop
-from pcl_bench.semisup import load_subset
+from pcl_bench.runtime.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

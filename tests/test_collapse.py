@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pcl_bench.analysis.collapse import collapse_metrics, effective_rank, mass_rank, spectrum
 from pcl_bench.cli import main
-from pcl_bench.collapse import collapse_metrics, effective_rank, mass_rank, spectrum
 from pcl_bench.data import shapes
+from pcl_bench.eval.store import read_rows
 from pcl_bench.models import build_encoder
-from pcl_bench.results_store import read_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from pcl_bench.concentration import concentration
-from pcl_bench.e_step import run_kmeans
+from pcl_bench.train.concentration import concentration
+from pcl_bench.train.e_step import run_kmeans
 
 # Six clusters: 0 (distances .3, .5), 1 (.1, .2, .3), 2 (.5 x 4), 3 a singleton, 4 empty, 5 (.05, .05).
 DISTANCES = [0.3, 0.5, 0.1, 0.2, 0.3, 0.5, 0.5, 0.5, 0.5, 0.0, 0.05, 0.05]

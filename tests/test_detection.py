@@ -9,13 +9,13 @@ import torch
 from fixtures_voc import VOC2007_SPLITS, VOC2012_SPLITS, write_voc
 from torch import nn
 
-from pcl_bench import detection as D
-from pcl_bench import specs as S
 from pcl_bench.cli import main
 from pcl_bench.data import shapes_voc
-from pcl_bench.errors import UsageError
+from pcl_bench.eval import detection as D
+from pcl_bench.eval import specs as S
+from pcl_bench.eval.store import read_rows
 from pcl_bench.models.encoders import build_encoder
-from pcl_bench.results_store import read_rows
+from pcl_bench.runtime.errors import UsageError
 
 # Tiny settings: 64 px, one iteration per epoch on 8 images, few proposals.
 TINY = {"epochs": 1, "milestones": [1], "batch_size": 8, "warmup_iters": 2, "image_size": 64,

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pcl_bench import distributed as D
-from pcl_bench.distributed import ShardSampler
-from pcl_bench.e_step import compute_features
+from pcl_bench.runtime import distributed as D
+from pcl_bench.runtime.distributed import ShardSampler
+from pcl_bench.train.e_step import compute_features
 
 N = 11  # odd: two shards of 6 and 5
 

@@ -1,25 +1,28 @@
 """Protocol specs and the generic runner: spec resolution, errors, and a tiny checkpoint through every protocol."""
 import json
+import shutil
 
+import numpy as np
 import pytest
 import tomllib
+from PIL import Image
 from test_pretrain import TINY
 
-from pcl_bench import evaluate as E
-from pcl_bench import specs as S
 from pcl_bench.cli import main
 from pcl_bench.data import shapes_voc
-from pcl_bench.errors import UsageError
-from pcl_bench.paths import repo_path
-from pcl_bench.results_store import read_rows
+from pcl_bench.eval import runner as E
+from pcl_bench.eval import specs as S
+from pcl_bench.eval.store import read_rows
+from pcl_bench.runtime.errors import UsageError
+from pcl_bench.runtime.paths import package_path
 
 
 def test_every_spec_is_valid():
-    specs = sorted(repo_path("protocols").glob("*.toml"))
+    specs = sorted(package_path("eval", "protocols").glob("*.toml"))
     assert len(specs) >= 10
     for path in specs:
         spec = tomllib.loads(path.read_text())
-        assert spec["protocol"] in E.PROTOCOLS, path.name
+        assert spec["protocol"] in E.PROTOCOLS, path.name  # the runner registry
         for dataset in spec["datasets"]:
             for smoke in (False, True):
                 resolved = S.resolve_spec(path, dataset, None, {}, smoke)
@@ -127,3 +130,26 @@ def test_every_protocol_to_the_report(tiny_checkpoint, tmp_path, monkeypatch, ca
     for name in ("table1_lowshot.md", "table2_semisup.csv", "table3_linear.csv", "table4_knn.csv",
                  "table7_ami.csv", "lowshot_curves.png", "tsne.png"):
         assert (tmp_path / "results" / name).stat().st_size > 0, name
+
+
+def test_a_new_dataset_is_one_toml_edit(tmp_path, monkeypatch, capsys):
+    """The edit docs/datasets.md shows: a new name in a spec's datasets, with its layout."""
+    protocols = tmp_path / "protocols"
+    shutil.copytree(package_path("eval", "protocols"), protocols)
+    knn = protocols / "knn.toml"
+    knn.write_text(knn.read_text().replace('"imagefolder"]', '"imagefolder", "mydata"]')
+                   + '\n[overrides.mydata]\nlayout = "imagefolder"\n')
+    monkeypatch.setattr(S, "package_path", lambda *parts: protocols)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for cls in ("a", "b"):
+            (tmp_path / "mydata" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                    tmp_path / "mydata" / split / cls / f"{i}.png")
+    store = tmp_path / "store.jsonl"
+    assert main(["eval", "knn", "--dataset", "mydata", "--data-root", str(tmp_path / "mydata"), "--checkpoint",
+                 "random:resnet18", "--results", str(store), "--workers", "0"]) == 0, capsys.readouterr().err
+    rows = read_rows(store)
+    assert set(rows["dataset"]) == {"mydata"} and set(rows["test_split"]) == {"val"}
+    assert {p["image_size"] for p in rows["params"]} == {16}

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from pcl_bench import feature_cache
-from pcl_bench.errors import UsageError
-from pcl_bench.feature_cache import cache_key, cached_features, places_features, res5_2x2_features
+from pcl_bench.eval import feature_cache
+from pcl_bench.eval.feature_cache import cache_key, cached_features, places_features, res5_2x2_features
 from pcl_bench.models.encoders import backbone_features, build_encoder
+from pcl_bench.runtime.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from pcl_bench import kmeans as km
+from pcl_bench.train import kmeans as km
 
 
 def blobs(n_blobs: int = 4, per_blob: int = 60, dim: int = 16, seed: int = 0):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pcl_bench.knn import knn_accuracy, knn_predict
+from pcl_bench.eval.knn import knn_accuracy, knn_predict
 
 
 def brute_force(train: np.ndarray, labels: np.ndarray, test: np.ndarray, k: int, t: float, c: int) -> np.ndarray:

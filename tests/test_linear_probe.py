@@ -11,8 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pcl_bench.errors import UsageError
-from pcl_bench.linear_probe import (
+from pcl_bench.eval.linear import (
     LinearProbeConfig,
     new_classifier,
     topk_correct,
@@ -20,6 +19,7 @@ from pcl_bench.linear_probe import (
     train_linear_on_features,
 )
 from pcl_bench.models.encoders import build_encoder
+from pcl_bench.runtime.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,9 +100,7 @@ def test_new_classifier_init():
 def test_bad_input_raises_usage_error():
     with pytest.raises(UsageError, match="mode"):
         LinearProbeConfig(mode="quick")
-    with pytest.raises(UsageError, match="preset"):
-        LinearProbeConfig.preset("simclr")
-    assert LinearProbeConfig.preset("moco").lr == 30.0 and LinearProbeConfig().lr == 5.0
+    assert LinearProbeConfig().lr == 5.0
     x = np.zeros((4, 3), dtype=np.float32)
     with pytest.raises(UsageError, match="labels"):
         train_linear_on_features(x, np.array([0, 1, 2, -1]), x, np.zeros(4, int), 3, fast_cfg(epochs=1))

@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pcl_bench.errors import UsageError
-from pcl_bench.lowshot import (
+from pcl_bench.eval.lowshot import (
     fit_linear_svm,
     goyal_costs,
     l2_normalize,
@@ -15,7 +14,8 @@ from pcl_bench.lowshot import (
     sample_pcl,
     select_cost,
 )
-from pcl_bench.voc_ap import classification_ap
+from pcl_bench.eval.voc_ap import classification_ap
+from pcl_bench.runtime.errors import UsageError
 
 N, D, C = 200, 16, 4
 

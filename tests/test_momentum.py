@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pcl_bench.e_step import ClusterResult
 from pcl_bench.methods.instdisc import InstDisc
 from pcl_bench.methods.momentum import MomentumContrast
 from pcl_bench.methods.pcl import PCL
 from pcl_bench.methods.simclr import SimCLR
 from pcl_bench.models import SplitBatchNorm, build_encoder
+from pcl_bench.train.e_step import ClusterResult
 
 DIM = 8
 

@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from pcl_bench import pretrain as engine
 from pcl_bench.cli import main
 from pcl_bench.config import SCALE_PRESETS, resolve, set_world, validate
-from pcl_bench.errors import UsageError
+from pcl_bench.runtime.errors import UsageError
+from pcl_bench.train import engine
 
 # 120 images at 32 px, batch 16: a few seconds per epoch on 2 CPU cores.
 TINY = ["--subset-per-class", "12", "--image-size", "32", "--batch-size", "16", "--queue", "32",
@@ -243,3 +243,14 @@ def test_default_workers_share_the_node_cores(monkeypatch, cores, local_processe
     cfg = resolve({"method": "moco_v2", "workers": 3})
     set_world(cfg, 1)
     assert cfg.workers == 3  # an explicit value is kept
+
+
+def test_a_method_from_outside_the_package_trains(tmp_path):
+    """A new method is one module: registering it (here from tests/) makes it a --method of the CLI."""
+    import byol_example  # noqa: F401  (registers byol_example)
+
+    assert run_cli(tmp_path, "--method", "byol_example", "--epochs", "1", "--no-final-knn") == 0
+    (epoch,) = records(tmp_path / "run", "epoch")
+    assert epoch["loss"] > 0
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ckpt["method"] == "byol_example" and any(k.startswith("predictor.") for k in ckpt["state_dict"])

@@ -13,7 +13,7 @@ import pytest
 from real_data import VOC_MINI, cifar_tree, needs_cifar10, needs_voc, places_tree
 
 from pcl_bench.cli import main
-from pcl_bench.results_store import read_rows
+from pcl_bench.eval.store import read_rows
 
 METHODS = ["pcl", "pcl_v2", "moco", "moco_v2", "instdisc", "simclr", "clop", "supcon", "supcon_clop"]
 LABELLED = {"clop", "supcon", "supcon_clop"}

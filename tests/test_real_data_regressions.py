@@ -12,8 +12,8 @@ from real_data import CIFAR10, cifar_tree, needs_cifar10, truncate_copy
 from pcl_bench.cli import main
 from pcl_bench.config import resolve
 from pcl_bench.data import default_splits
+from pcl_bench.eval.store import read_rows
 from pcl_bench.methods import build_method
-from pcl_bench.results_store import read_rows
 
 # Tiny real-data settings a user could pass: ResNet-18 on 20 images a class at the images' 32 px.
 SMALL = ["--arch", "resnet18", "--subset-per-class", "20", "--batch-size", "16", "--workers", "0"]

@@ -2,7 +2,7 @@
 when their inputs exist and skipped otherwise, and the paper's reference CSVs hold the paper's figures.
 
 The golden tables are regenerated only deliberately, after checking the new output by eye:
-    python -c "from pcl_bench.report import build_report; build_report('tests/golden/store.jsonl', '/tmp/g')"
+    python -c "from pcl_bench.analysis.report import build_report; build_report('tests/golden/store.jsonl', '/tmp/g')"
     cp /tmp/g/table*.csv /tmp/g/table*.md tests/golden/
 """
 import json
@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pcl_bench.errors import UsageError
-from pcl_bench.paths import repo_path
-from pcl_bench.report import TABLES, build_report, format_value, latest_cluster_stats, latest_rows
-from pcl_bench.results_store import read_rows
+from pcl_bench.analysis.report import TABLES, build_report, format_value, latest_cluster_stats, latest_rows
+from pcl_bench.eval.store import read_rows
+from pcl_bench.runtime.errors import UsageError
+from pcl_bench.runtime.paths import package_path
 
 GOLDEN = Path(__file__).parent / "golden"
 STORE = GOLDEN / "store.jsonl"
@@ -139,13 +139,13 @@ def test_format_value():
 
 def test_paper_csvs_hold_the_papers_figures():
     for table in TABLES:
-        paper = pd.read_csv(repo_path("results", "paper") / f"table{table.number}.csv", keep_default_na=False)
+        paper = pd.read_csv(package_path("analysis", "paper") / f"table{table.number}.csv", keep_default_na=False)
         assert list(paper.columns) == ["method", "dataset", "protocol", "setting", "metric", "value", "note"]
         assert set(paper["protocol"]) == {table.protocol} and paper["value"].dtype == float
-    table1 = pd.read_csv(repo_path("results", "paper") / "table1.csv", keep_default_na=False)
+    table1 = pd.read_csv(package_path("analysis", "paper") / "table1.csv", keep_default_na=False)
     pcl_v2 = table1[(table1["method"] == "PCL v2") & table1["setting"].str.startswith("k=")]
     assert pcl_v2[pcl_v2["dataset"] == "VOC07"]["value"].tolist() == [47.9, 59.6, 66.2, 74.5, 78.3]
     assert pcl_v2[pcl_v2["dataset"] == "Places205"]["value"].tolist() == [12.5, 17.5, 23.2, 28.1, 32.3]
     assert set(pcl_v2["setting"]) == {"k=1", "k=2", "k=4", "k=8", "k=16"}
-    table7 = pd.read_csv(repo_path("results", "paper") / "table7.csv", keep_default_na=False)
+    table7 = pd.read_csv(package_path("analysis", "paper") / "table7.csv", keep_default_na=False)
     assert table7.set_index("method")["value"].to_dict() == {"DeepCluster": 0.281, "MoCo": 0.285, "PCL": 0.410}

@@ -6,7 +6,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from pcl_bench.results_store import COLUMNS, append_rows, make_row, read_rows
+from pcl_bench.eval.store import COLUMNS, append_rows, make_row, read_rows
 
 
 def row(**overrides):
@@ -35,8 +35,8 @@ def test_make_row_defaults_and_errors():
         make_row(**fields)
     with pytest.raises(ValueError, match=r"unknown fields \['top1'\]"):
         row(top1=1.0)
-    with pytest.raises(ValueError, match="protocol 'svm'"):
-        row(protocol="svm")
+    with pytest.raises(ValueError, match="protocol '' is not a protocol name"):
+        row(protocol="")
 
 
 def test_round_trip_and_absent_file(tmp_path):

@@ -13,16 +13,10 @@ import torch
 from test_linear_probe import TensorImages, tiny_backbone
 from torch import nn
 
-from pcl_bench.errors import UsageError
-from pcl_bench.semisup import (
-    SemisupConfig,
-    fine_tune,
-    label_subset,
-    load_or_draw_subset,
-    load_subset,
-    make_optimizer,
-    save_subset,
-)
+from pcl_bench.data.subsets import label_subset, load_or_draw_subset, load_subset, save_subset
+from pcl_bench.eval.semisup import SemisupConfig, fine_tune, make_optimizer
+from pcl_bench.eval.specs import find_spec, resolve_spec
+from pcl_bench.runtime.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,25 +94,28 @@ def test_load_or_draw_reuses_the_saved_subset(tmp_path):
 
 
 def test_config_recipe_and_classifier_lr():
-    cfg = SemisupConfig.for_fraction(0.01)
+    """The paper's recipe comes from the shipped spec; the classifier lr from its per-fraction table."""
+    spec = resolve_spec(find_spec("semisup", "imagenet"), "imagenet", None, {})
+    cfg = SemisupConfig.from_spec(spec, 0.01)
     assert (cfg.lr_backbone, cfg.lr_classifier, cfg.epochs, cfg.milestones, cfg.gamma) == (0.01, 1.0, 20, (12, 16), 0.2)
     assert (cfg.momentum, cfg.weight_decay, cfg.batch_size) == (0.9, 5e-4, 256)
-    assert SemisupConfig.for_fraction(0.1).lr_classifier == 0.1
-    assert SemisupConfig.for_fraction(0.02, epochs=3).lr_classifier == 1.0
+    assert SemisupConfig.from_spec(spec, 0.1).lr_classifier == 0.1
+    with pytest.raises(UsageError, match="no classifier lr for label fraction 0.02"):
+        SemisupConfig.from_spec(spec, 0.02)
     with pytest.raises(UsageError):
-        SemisupConfig.for_fraction(0)
+        SemisupConfig.from_spec(spec, 0)
 
 
 def test_optimizer_groups():
     backbone, fc = tiny_backbone(), nn.Linear(512, 10)
-    opt = make_optimizer(backbone, fc, SemisupConfig.for_fraction(0.01))
+    opt = make_optimizer(backbone, fc, SemisupConfig(lr_classifier=1.0))
     g_backbone, g_fc = opt.param_groups
     params = list(backbone.parameters())
     assert len(g_backbone["params"]) == len(params) and all(p is q for p, q in zip(g_backbone["params"], params))
     assert g_fc["params"] == [fc.weight, fc.bias]
     assert (g_backbone["lr"], g_fc["lr"]) == (0.01, 1.0)
     assert all(g["momentum"] == 0.9 and g["weight_decay"] == 5e-4 for g in opt.param_groups)
-    small = make_optimizer(backbone, fc, SemisupConfig.for_fraction(0.1, batch_size=64))
+    small = make_optimizer(backbone, fc, SemisupConfig(lr_classifier=0.1, batch_size=64))
     assert [g["lr"] for g in small.param_groups] == pytest.approx([0.0025, 0.025])
 
 
@@ -126,7 +123,7 @@ def test_fine_tune_updates_backbone_and_steps_both_lrs(tmp_path):
     """Two epochs with a milestone at 1: both lrs x0.2 after epoch 0; weights and BN statistics change."""
     backbone = tiny_backbone()
     before = copy.deepcopy(backbone.state_dict())
-    cfg = SemisupConfig.for_fraction(0.01, epochs=2, milestones=(1,), batch_size=8, device="cpu", workers=0)
+    cfg = SemisupConfig(lr_classifier=1.0, epochs=2, milestones=(1,), batch_size=8, device="cpu", workers=0)
     out = fine_tune(backbone, 512, TensorImages(17, 3, 0), TensorImages(6, 3, 1), 3, cfg, log_dir=tmp_path)
     after = backbone.state_dict()
     assert not torch.equal(before["conv1.weight"], after["conv1.weight"])

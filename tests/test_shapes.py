@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from pcl_bench.data import shapes
-from pcl_bench.errors import UsageError
-from pcl_bench.paths import cache_dir
+from pcl_bench.runtime.errors import UsageError
+from pcl_bench.runtime.paths import cache_dir
 
 PER_CLASS = 4
 

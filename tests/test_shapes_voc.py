@@ -12,7 +12,7 @@ import torch
 from pcl_bench.data import build_dataset, shapes, shapes_voc
 from pcl_bench.data.shapes_voc import shapes_voc_detection, shapes_voc_root
 from pcl_bench.data.voc import VOCClassification, VOCDetection
-from pcl_bench.errors import UsageError
+from pcl_bench.runtime.errors import UsageError
 
 N_TRAINVAL, N_TEST = 30, 14
 CLASSES = shapes.FINE_CLASSES

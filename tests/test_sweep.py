@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from test_pretrain import TINY
 
-from pcl_bench import sweep
 from pcl_bench.cli import main
 from pcl_bench.data import shapes
-from pcl_bench.pretrain import TrainingDiverged
+from pcl_bench.train import sweep
+from pcl_bench.train.engine import TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pcl_bench.errors import UsageError
-from pcl_bench.voc_ap import average_precision, box_iou_inclusive, classification_ap, detection_ap, mean_ap
+from pcl_bench.eval.voc_ap import (
+    average_precision,
+    box_iou_inclusive,
+    classification_ap,
+    detection_ap,
+    mean_ap,
+)
+from pcl_bench.runtime.errors import UsageError
 
 # Ranked list P N P N N P (3 positives): precision at the hits 1, 2/3, 3/6.
 RANKED = np.array([1, -1, 1, -1, -1, 1])

@@ -12,30 +12,22 @@ from collections.abc import Callable
 
 from torch.utils.data import Dataset
 
-from pcl_bench.data.datasets import (
-    CIFAR10,
-    CIFAR100,
-    STL10,
-    ImageFolderInstance,
-    ImageNet,
-    InstanceSubset,
-    Transform,
-    balanced_subset,
-)
-from pcl_bench.data.places205 import Places205
-from pcl_bench.data.voc import VOCClassification, VOCDetection
-from pcl_bench.errors import UsageError
+from ..runtime.errors import UsageError
+from .datasets import CIFAR10, CIFAR100, STL10, ImageFolderInstance, ImageNet, Transform
+from .places205 import Places205
+from .subsets import InstanceSubset, balanced_subset
+from .voc import VOCClassification, VOCDetection
 
 
 def _shapes(root: str | None, split: str, transform: Transform = None) -> Dataset:
     # Imported here so the other datasets do not depend on the synthetic generator's module.
-    from pcl_bench.data.shapes import ShapesDataset
+    from .shapes import ShapesDataset
 
     return ShapesDataset(root, split, transform)
 
 
 def _shapes_voc(root: str | None, split: str, transform: Transform = None) -> Dataset:
-    from pcl_bench.data.shapes_voc import shapes_voc_classification
+    from .shapes_voc import shapes_voc_classification
 
     return shapes_voc_classification(root, split, transform)
 

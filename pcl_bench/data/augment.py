@@ -1,6 +1,6 @@
 """Augmentations of MoCo v1 / InstDisc ("v1") and MoCo v2 / PCL v2 ("v2", aug+), as in the PCL reference.
 
-At 224 px these are exactly the reference pipelines (``pcl_reference.md`` §3):
+At 224 px these are exactly the reference pipelines (PCL and MoCo code; docs/reference.md):
 
 - v1: RandomResizedCrop(224, scale=(0.2, 1)) -> RandomGrayscale(0.2) -> ColorJitter(0.4, 0.4, 0.4, 0.4)
   -> HorizontalFlip -> ToTensor -> Normalize
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -17,9 +17,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..atomic import write_json
-from ..errors import CorruptImage
-from ..paths import cache_dir
+from ..runtime.atomic import write_json
+from ..runtime.errors import CorruptImage
+from ..runtime.paths import cache_dir
+from .subsets import InstanceSubset
 
 # Decoding errors PIL raises for bad files (UnidentifiedImageError and truncation are OSErrors).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -80,8 +81,6 @@ def skip_unreadable(ds: Dataset, workers: int = 2) -> tuple[Dataset, list[str]]:
 
     Datasets without image files (arrays in memory: shapes, CIFAR, STL-10) are returned as they are.
     """
-    from .datasets import InstanceSubset  # datasets imports open_rgb from here
-
     base = ds
     while isinstance(base, InstanceSubset):
         base = base.dataset

@@ -1,4 +1,4 @@
-"""Loaders for image datasets in their official on-disk layouts (see ``protocols/dataset_layouts.md``).
+"""Loaders for image datasets in their official on-disk layouts (docs/datasets.md).
 
 Every dataset here is a ``torch.utils.data.Dataset`` whose ``__getitem__(i)`` returns
 ``(transform(img), target, i)``: ``img`` a PIL RGB image (returned as is when ``transform`` is None),
@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pcl_bench.data.corrupt import DECODE_ERRORS, open_rgb
-from pcl_bench.errors import CorruptImage, UsageError
+from ..runtime.errors import CorruptImage, UsageError
+from .corrupt import DECODE_ERRORS, open_rgb
 
 Transform = Callable[[Image.Image], Any] | None
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
@@ -424,54 +424,3 @@ def _extract(name: str, archive: str, root: str, folder: str) -> None:
         if not os.path.isdir(os.path.join(tmp, folder)):
             raise UsageError(f"{name}: {archive} has no {folder}/ folder; delete it and retry")
         os.replace(os.path.join(tmp, folder), os.path.join(root, folder))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Subsets
-
-
-class InstanceSubset(Dataset):
-    """``dataset`` restricted to ``indices``; item ``j`` is ``(x, target, j)`` with its own index ``j``.
-
-    ``targets`` and ``coarse_targets`` (where the parent has them) are sliced; ``classes``, ``image_size``,
-    ``coarse_classes`` and ``path(j)`` are the parent's.
-    """
-
-    def __init__(self, dataset: Dataset, indices: Sequence[int] | np.ndarray):
-        self.dataset = dataset
-        self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if len(self.indices) and not 0 <= self.indices.min() <= self.indices.max() < len(dataset):
-            raise IndexError(f"subset indices must lie in [0, {len(dataset)})")
-        for name in ("targets", "coarse_targets"):
-            if getattr(dataset, name, None) is not None:
-                setattr(self, name, np.asarray(getattr(dataset, name))[self.indices])
-        for name in ("classes", "image_size", "coarse_classes"):
-            if hasattr(dataset, name):
-                setattr(self, name, getattr(dataset, name))
-
-    def path(self, j: int) -> Any:
-        """The file of item ``j`` (datasets of image files only)."""
-        return self.dataset.path(int(self.indices[j]))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, j: int) -> tuple[Any, Any, int]:
-        x, target, _ = self.dataset[int(self.indices[j])]
-        return x, target, j
-
-
-def balanced_subset(dataset: Dataset, per_class: int, seed: int) -> InstanceSubset:
-    """A seeded choice of at most ``per_class`` samples of each target value, in index order.
-
-    Unlabelled samples (target -1) count as one more class.
-    """
-    if per_class < 1:
-        raise UsageError(f"per_class must be >= 1, got {per_class}")
-    targets = np.asarray(dataset.targets)
-    rng = np.random.default_rng(seed)
-    chosen = [
-        rng.choice(idx, size=min(per_class, len(idx)), replace=False)
-        for idx in (np.flatnonzero(targets == t) for t in np.unique(targets))
-    ]
-    return InstanceSubset(dataset, np.sort(np.concatenate(chosen)) if chosen else [])

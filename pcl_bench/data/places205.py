@@ -1,6 +1,6 @@
 """Places205 read from its official layout: split lists in csv files, 256x256 images in category folders.
 
-Layout (``shared/docs/dataset_layouts.md``)::
+Layout (docs/datasets.md)::
 
     <root>/trainvalsplit_places205/{train,val}_places205.csv   lines "<relative path> <label>", labels 0..204
     <root>/data/vision/torralba/deeplearning/images256/<relative path>, e.g. a/abbey/00000000.jpg
@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pcl_bench.data.corrupt import open_rgb
-from pcl_bench.errors import UsageError
+from ..runtime.errors import UsageError
+from .corrupt import open_rgb
 
 LISTS = "trainvalsplit_places205"
 IMAGES = "data/vision/torralba/deeplearning/images256"

@@ -55,8 +55,8 @@ import numpy as np
 import torch.utils.data
 from PIL import Image, ImageDraw, ImageFilter
 
-from pcl_bench.errors import UsageError
-from pcl_bench.paths import cache_dir
+from ..runtime.errors import UsageError
+from ..runtime.paths import cache_dir
 
 GENERATOR_VERSION = 4  # v1: vivid colours, full-contrast textures; v3: pentagon and hexagon, 35-75 % diameters
 

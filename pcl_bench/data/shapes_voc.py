@@ -35,10 +35,10 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from pcl_bench.data import shapes
-from pcl_bench.data.voc import VOCClassification, VOCDetection
-from pcl_bench.errors import UsageError
-from pcl_bench.paths import cache_dir
+from ..runtime.errors import UsageError
+from ..runtime.paths import cache_dir
+from . import shapes
+from .voc import VOCClassification, VOCDetection
 
 GENERATOR_VERSION = 1  # bump whenever the output changes; shapes.GENERATOR_VERSION is part of the cache key
 CLASSES = shapes.FINE_CLASSES

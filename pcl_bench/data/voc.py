@@ -1,6 +1,6 @@
 """PASCAL VOC 2007 / 2012 read from the official ``VOCdevkit`` layout, for classification and detection.
 
-Layout (``shared/docs/dataset_layouts.md``)::
+Layout (docs/datasets.md)::
 
     VOCdevkit/VOC2007/JPEGImages/<id>.jpg
                      /Annotations/<id>.xml              one <object> per instance, 1-based inclusive boxes
@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pcl_bench.data.corrupt import open_rgb
-from pcl_bench.errors import UsageError
+from ..runtime.errors import UsageError
+from .corrupt import open_rgb
 
 VOC_CLASSES: list[str] = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",

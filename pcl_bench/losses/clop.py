@@ -2,7 +2,7 @@
 prototypes.
 
 The prototypes are one unit vector per class, orthonormal (C C^T = I_k), drawn once from a seed and never
-trained (``clop_reference.md`` §1.1). The term has no softmax, temperature or repulsion: orthogonality between
+trained (the CLOP code). The term has no softmax, temperature or repulsion: orthogonality between
 classes comes from the fixed targets alone (§1.2).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 
 
 def check_prototypes_fit(num_classes: int, dim: int) -> None:

@@ -1,9 +1,11 @@
-"""ProtoNCE: the prototype term of PCL, one granularity at a time (``pcl_reference.md`` §2.2-2.3)."""
+"""ProtoNCE: the prototype term of PCL, one granularity at a time (PCL paper, Eq. 6; docs/reference.md)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..runtime.errors import UsageError
 
 
 class ProtoNCE(nn.Module):
@@ -47,3 +49,18 @@ class ProtoNCE(nn.Module):
         logits = (q @ prototypes[ids].T) / density[ids]
         labels = torch.arange(q.shape[0], device=q.device)
         return F.cross_entropy(logits, labels), logits
+
+
+def check_proto_negatives(r: int, k_min: int, local_b: int) -> None:
+    """ProtoNCE draws r negatives from the clusters no sample of the batch is in: at least k_min - local_b."""
+    if r < 0:
+        raise UsageError(f"--proto-negatives {r} is negative; use a count of prototypes, e.g. 16")
+    free = k_min - local_b
+    if free < 1:
+        raise UsageError(f"the smallest --num-cluster {k_min} leaves no cluster free of a batch of {local_b}, "
+                         f"so ProtoNCE has no negative prototypes to draw; use K above {local_b + max(r, 1)} "
+                         f"(K > batch per process + r) or a smaller --batch-size")
+    if r > free:
+        raise UsageError(f"--proto-negatives {r} (r; it defaults to --queue) is more than the {k_min} - {local_b}"
+                         f" = {free} clusters that a batch of {local_b} may leave free; use --proto-negatives "
+                         f"{free} or less, or a larger smallest --num-cluster")

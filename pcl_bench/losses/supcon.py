@@ -13,8 +13,7 @@ class SemiSupCon(nn.Module):
     P(a) holds the other view of a's image and, when a's image is labelled (y >= 0), every view of the other
     labelled images of its class; an unlabelled image (y = -1) has only its own other view, so with no labels
     the loss is NT-Xent exactly. The CLOP code's SupCon differs: cross-view logits only, one direction, and
-    the log of the summed positives (L_in), which Khosla et al. found worse (``clop_reference.md`` §1.3,
-    §5.5).
+    the log of the summed positives (L_in), which Khosla et al. found worse.
 
     Args:
         temperature: tau.

@@ -1,41 +1,35 @@
-"""What every pretraining method provides, and the registry that maps ``--method`` names to classes."""
+"""What every pretraining method provides, and the registry that maps ``--method`` names to classes and recipes.
+
+A method is one registered class: ``@register(name, **preset)`` makes it ``--method name`` with the reference
+recipe ``preset`` at ImageNet scale (config fields, e.g. ``head="mlp", temperature=0.2``); ``on`` holds its
+changes to a small-scale dataset's preset (``on={"shapes": {"queue": 512}}``). The class checks its own options
+(:meth:`Method.check`) and builds itself from a config (:meth:`Method.from_config`).
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 
 if TYPE_CHECKING:
     from ..config import PretrainConfig
-    from ..e_step import ClusterResult
+    from ..train.e_step import ClusterResult
 
 METHODS: dict[str, type[Method]] = {}
+PRESETS: dict[str, dict[str, Any]] = {}  # name -> reference recipe
+DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {}  # name -> dataset -> changes to its small preset
 
 
-def register(*names: str):
-    """Class decorator: make the method available as ``--method <name>`` for each name."""
+def register(name: str, on: dict[str, dict[str, Any]] | None = None, **preset: Any):
+    """Class decorator: ``--method name`` builds this class, with ``preset`` (and ``on[dataset]``) as its
+    recipe. Several decorators register one class under several names (e.g. ``moco`` and ``moco_v2``)."""
     def wrap(cls):
-        for name in names:
-            METHODS[name] = cls
+        METHODS[name], PRESETS[name], DATASET_PRESETS[name] = cls, preset, on or {}
         return cls
     return wrap
-
-
-def method_class(cfg: PretrainConfig) -> type[Method]:
-    """The class of ``--method``, with the CLOP term mixed in when ``--clop`` is set."""
-    if cfg.method not in METHODS:
-        raise UsageError(f"unknown --method {cfg.method!r}; choose one of {', '.join(sorted(METHODS))}")
-    if not cfg.clop:
-        return METHODS[cfg.method]
-    from .clop import with_clop  # clop builds on this module
-    return with_clop(METHODS[cfg.method])
-
-
-def build_method(cfg: PretrainConfig, num_samples: int) -> Method:
-    return method_class(cfg).from_config(cfg, num_samples)
 
 
 class Method(nn.Module):
@@ -55,6 +49,19 @@ class Method(nn.Module):
     @classmethod
     def from_config(cls, cfg: PretrainConfig, num_samples: int) -> Method:
         raise NotImplementedError
+
+    @classmethod
+    def check(cls, cfg: PretrainConfig, num_samples: int, num_classes: int | None, local_batch: int) -> None:
+        """Raise UsageError naming the fix if ``cfg`` cannot train this method on ``num_samples`` images of
+        ``num_classes`` classes at ``local_batch`` per process; subclasses extend it (``super().check``)."""
+        flags = f"--method {cfg.method}" + (" --clop" if cfg.clop else "")
+        if cls.uses_labels and cfg.label_fraction is None:
+            raise UsageError(f"{flags} trains with labels; pass --label-fraction, e.g. 0.1 (1 keeps every label)")
+        if not cls.uses_labels and cfg.label_fraction is not None:
+            raise UsageError(f"--label-fraction applies only to methods that train with labels (clop, supcon, "
+                             f"supcon_clop, or any method with --clop); drop it or add --clop to {flags}")
+        if cfg.label_fraction is not None and not 0 < cfg.label_fraction <= 1:
+            raise UsageError(f"--label-fraction must be in (0, 1], e.g. 0.1; got {cfg.label_fraction}")
 
     @property
     def clustering_encoder(self) -> nn.Module | None:

@@ -1,4 +1,5 @@
-"""CLOP and semi-supervised SupCon (``clop_reference.md`` §1): contrastive learning with partial labels.
+"""CLOP and semi-supervised SupCon: contrastive learning with partial labels (Li, Nguyen and Pimentel-Alarcón
+2025; Khosla et al. 2020).
 
 - ``supcon``: :class:`SemiSupCon` over the two views of every image in the global batch;
 - ``clop``: SimCLR's NT-Xent + lambda * CLOP; ``supcon_clop``: semi-supervised SupCon + lambda * CLOP;
@@ -14,11 +15,11 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .. import distributed as D
-from ..losses.clop import CLOPLoss, orthonormal_prototypes
+from ..losses.clop import CLOPLoss, check_prototypes_fit, orthonormal_prototypes
 from ..losses.supcon import SemiSupCon
-from .base import METHODS, Method, register, top1
-from .simclr import SimCLR
+from ..runtime import distributed as D
+from .base import Method, register, top1
+from .simclr import SMALL_BATCH_TEMPERATURE, SimCLR
 
 
 class CLOPTerm(Method):
@@ -33,6 +34,12 @@ class CLOPTerm(Method):
 
     uses_labels = True
     clop_loss: CLOPLoss
+
+    @classmethod
+    def check(cls, cfg, num_samples: int, num_classes: int | None, local_batch: int) -> None:
+        super().check(cfg, num_samples, num_classes, local_batch)
+        if num_classes is not None:
+            check_prototypes_fit(num_classes, cfg.dim)
 
     def attach_labels(self, labels: torch.Tensor, num_classes: int, cfg) -> None:
         super().attach_labels(labels, num_classes, cfg)
@@ -57,7 +64,7 @@ def with_clop(method: type[Method]) -> type[Method]:
     return type(f"{method.__name__}CLOP", (CLOPTerm, method), {"__doc__": f"{method.__name__} + CLOP."})
 
 
-@register("supcon")
+@register("supcon", on=SMALL_BATCH_TEMPERATURE, head="mlp", temperature=0.1, aug="v2", cos=True)
 class SupCon(SimCLR):
     """Semi-supervised SupCon on one encoder: labelled images of a class are each other's positives."""
 
@@ -72,5 +79,6 @@ class SupCon(SimCLR):
         return {"loss": loss, "acc_inst": top1(logits, target)}
 
 
-METHODS["clop"] = with_clop(SimCLR)
-METHODS["supcon_clop"] = with_clop(SupCon)
+register("clop", on=SMALL_BATCH_TEMPERATURE, head="mlp", temperature=0.1, aug="v2", cos=True)(with_clop(SimCLR))
+register("supcon_clop", on=SMALL_BATCH_TEMPERATURE, head="mlp", temperature=0.1, aug="v2", cos=True)(
+    with_clop(SupCon))

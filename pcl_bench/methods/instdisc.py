@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import distributed as D
 from ..losses import InfoNCE
 from ..models import encoder_from_config
+from ..runtime import distributed as D
 from .base import Method, register, top1
 
 
-@register("instdisc")
+@register("instdisc", head="linear", temperature=0.07, aug="v1", cos=False, queue=4096)
 class InstDisc(Method):
     """Args: encoder, num_samples N, dim D, negatives K (4096), temperature tau (0.07), bank_momentum m.
 

@@ -10,9 +10,10 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .. import distributed as D
 from ..losses import InfoNCE
 from ..models import encoder_from_config
+from ..runtime import distributed as D
+from ..runtime.errors import UsageError
 from .base import Method, top1
 
 
@@ -44,6 +45,13 @@ class MomentumContrast(Method):
     @classmethod
     def from_config(cls, cfg, num_samples: int):
         return cls(encoder_from_config(cfg), cfg.dim, cfg.queue, cfg.moco_m, cfg.temperature)
+
+    @classmethod
+    def check(cls, cfg, num_samples: int, num_classes: int | None, local_batch: int) -> None:
+        super().check(cfg, num_samples, num_classes, local_batch)
+        if cfg.queue % cfg.batch_size:  # each step replaces one global batch of keys
+            raise UsageError(f"--queue {cfg.queue} is not a multiple of the global batch {cfg.batch_size}; "
+                             f"use e.g. --queue {cfg.batch_size * max(1, cfg.queue // cfg.batch_size)}")
 
     @torch.no_grad()
     def momentum_update(self) -> None:

@@ -3,19 +3,23 @@
     L = InfoNCE(q, k+, queue) + 1/M sum_m ProtoNCE_m(q)
 
 During the warm-up epochs (no clusters yet) only the InfoNCE term is trained. The E-step clusters the
-momentum encoder's embeddings (:attr:`clustering_encoder`), see :mod:`pcl_bench.e_step`.
+momentum encoder's embeddings (:attr:`clustering_encoder`), see :mod:`pcl_bench.train.e_step`.
 """
 from __future__ import annotations
 
 import torch
 
 from ..losses import ProtoNCE
+from ..losses.protonce import check_proto_negatives
 from ..models import encoder_from_config
+from ..runtime.errors import UsageError
 from .base import register, top1
 from .momentum import MomentumContrast
 
 
-@register("pcl", "pcl_v2")
+@register("pcl", head="linear", temperature=0.2, aug="v1", cos=False, queue=16384)
+# On shapes pcl_v2 did best with 1024 queued keys (+1 kNN on two seeds; 512 gained nothing).
+@register("pcl_v2", on={"shapes": {"queue": 1024}}, head="mlp", temperature=0.2, aug="v2", cos=True, queue=16384)
 class PCL(MomentumContrast):
     """MomentumContrast with a ProtoNCE term; ``proto_negatives`` is r, the sampled negative prototypes."""
 
@@ -30,6 +34,18 @@ class PCL(MomentumContrast):
     def from_config(cls, cfg, num_samples: int):
         return cls(encoder_from_config(cfg), cfg.dim, cfg.queue, cfg.moco_m, cfg.temperature,
                    cfg.proto_negatives)
+
+    @classmethod
+    def check(cls, cfg, num_samples: int, num_classes: int | None, local_batch: int) -> None:
+        super().check(cfg, num_samples, num_classes, local_batch)
+        if not cfg.num_cluster:
+            raise UsageError("--num-cluster is empty; give at least one K, e.g. --num-cluster 250,500,1000")
+        if max(cfg.num_cluster) > num_samples:
+            raise UsageError(f"--num-cluster {max(cfg.num_cluster)} is larger than the {num_samples} training "
+                             f"images; use at most {num_samples} prototypes")
+        if cfg.kmeans_iters < 1 or cfg.kmeans_restarts < 1:
+            raise UsageError("--kmeans-iters and --kmeans-restarts must be at least 1")
+        check_proto_negatives(cfg.proto_negatives, min(cfg.num_cluster), local_batch)
 
     @property
     def clustering_encoder(self):

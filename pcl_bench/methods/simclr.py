@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .. import distributed as D
 from ..losses import NTXent
 from ..models import encoder_from_config
+from ..runtime import distributed as D
 from .base import Method, register, top1
 
+# Small batches need a softer NT-Xent temperature.
+SMALL_BATCH_TEMPERATURE = {d: {"temperature": 0.5} for d in ("shapes", "cifar10", "cifar100")}
 
-@register("simclr")
+
+@register("simclr", on=SMALL_BATCH_TEMPERATURE, head="mlp", temperature=0.1, aug="v2", cos=True)
 class SimCLR(Method):
     """One encoder for both views; negatives are the other 2N - 2 views of the batch (all ranks)."""
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet, resnet18, resnet34, resnet50
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 from .one_pixel import use_one_pixel
 from .split_bn import SplitBatchNorm
 

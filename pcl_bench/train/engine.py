@@ -1,0 +1,423 @@
+"""The pretraining engine: one loop for every method, with PCL's E-step before each post-warm-up epoch.
+
+A run folder ``<out>/<name>/`` holds ``config.json``, ``last.pt`` (every epoch) and ``checkpoint_<epoch>.pt``
+(every ``save_every`` epochs), ``metrics.jsonl`` / ``epochs.csv`` / ``tb/``, ``clusters.jsonl`` (per-epoch
+clustering statistics), ``clusters.pt`` (the latest clustering) and ``knn.json`` (the final check).
+
+Reproducibility: every epoch reseeds Python, NumPy and torch from (seed, epoch, rank), and the training
+sampler shuffles from (seed, epoch). A run resumed from ``last.pt`` therefore continues exactly as the
+uninterrupted run would have (model, key encoder, queue, optimizer, augmentations, clusters).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from torchvision.transforms import PILToTensor
+from tqdm import tqdm
+
+from ..config import PretrainConfig, fit_smoke_clusters, resolve, set_world, smoke_config, validate
+from ..data import balanced_subset, build_dataset, with_transform
+from ..data.augment import TwoCropsTransform, eval_transform, pretrain_transform
+from ..data.batch_augment import BatchAugment
+from ..data.corrupt import skip_unreadable
+from ..data.subsets import load_or_draw_subset
+from ..eval.features import extract_features
+from ..eval.knn import knn_accuracy
+from ..methods import METHODS, Method, build_method
+from ..models import backbone_features, encoder_from_config
+from ..runtime import distributed as D
+from ..runtime.atomic import save_torch, write_json
+from ..runtime.device import resolve_device
+from ..runtime.errors import UsageError
+from ..runtime.metrics_log import MetricLogger
+from ..runtime.provenance import provenance
+from ..runtime.seeding import seed_epoch
+from .cluster_stats import cluster_statistics
+from .e_step import ClusterResult, e_step
+
+# Flags that may change when a run is resumed; any other flag must match the run's saved config.
+RESUMABLE = {"epochs", "workers", "device", "log_every", "save_every", "final_knn", "resume", "amp",
+             "channels_last", "kmeans_backend"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the run stopped and its last good checkpoint is kept."""
+
+
+def config_for_run(overrides: dict[str, Any]) -> PretrainConfig:
+    """The run's config: presets + ``overrides``, or, with ``resume``, the saved config + allowed overrides.
+
+    ``--resume`` on a run folder without a checkpoint (a run stopped before its first epoch ended) starts
+    that run afresh from ``overrides``, as a plain start would.
+    """
+    cfg = resolve(overrides)
+    if not cfg.resume:
+        return cfg
+    saved_path = cfg.run_dir / "config.json"
+    if not (cfg.run_dir / "last.pt").exists():
+        if not _stopped_before_first_checkpoint(cfg.run_dir):
+            raise UsageError(f"--resume: no run in {cfg.run_dir} (expected last.pt and config.json); "
+                             f"start the run without --resume")
+        return dataclasses.replace(cfg, resume=False)
+    if not saved_path.exists():
+        raise UsageError(f"--resume: {cfg.run_dir} has last.pt but no config.json; restore config.json or "
+                         f"start another run with --name")
+    saved = json.loads(saved_path.read_text())
+    saved.pop("provenance", None)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    clash = {k: (saved[k], v) for k, v in given.items() if k not in RESUMABLE and k in saved
+             and _as_json(v) != saved[k]}
+    if clash:
+        key, (old, new) = next(iter(clash.items()))
+        raise UsageError(f"--resume: --{key.replace('_', '-')} {new} differs from the run's {old}; "
+                         f"only {', '.join(sorted(RESUMABLE))} may change on resume")
+    saved.update({k: v for k, v in given.items() if k in RESUMABLE})
+    return PretrainConfig(**saved)
+
+
+# What the engine writes into a run folder before its first checkpoint.
+_EARLY_FILES = {"config.json", "metrics.jsonl", "epochs.csv", "tb", "clusters.pt", "label_subset.json",
+                "skipped_images.json"}
+
+
+def _stopped_before_first_checkpoint(run_dir: Path) -> bool:
+    """True if ``run_dir`` holds only what a run writes before its first checkpoint (and something of it)."""
+    if not run_dir.is_dir():
+        return False
+    names = {p.name for p in run_dir.iterdir() if not p.name.startswith(".")}  # atomic writes' temporaries
+    return bool(names) and names <= _EARLY_FILES and "config.json" in names
+
+
+def _as_json(v: Any) -> Any:
+    return json.loads(json.dumps(list(v) if isinstance(v, tuple) else v))
+
+
+def prepare_run_dir(cfg: PretrainConfig) -> None:
+    """Create the run folder; an existing run is only replaced with ``--overwrite``, except one that stopped
+    before its first checkpoint, which holds nothing to lose and is started afresh."""
+    run_dir = cfg.run_dir
+    if cfg.resume or not run_dir.exists() or not any(run_dir.iterdir()):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return
+    if _stopped_before_first_checkpoint(run_dir):
+        print(f"{run_dir} holds a run that stopped before its first checkpoint; starting it afresh",
+              file=sys.stderr)
+    elif not cfg.overwrite:
+        raise UsageError(f"run folder {run_dir} already holds a run; pass --resume to continue it, "
+                         f"--overwrite to replace it, or --name to start another")
+    shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+
+
+def memory_format(cfg: PretrainConfig) -> torch.memory_format:
+    """NHWC under ``--channels-last``: the layout the CPU (oneDNN) and GPU (cuDNN) convolutions run fastest in."""
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+def adjust_learning_rate(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, epoch: int) -> float:
+    """Per-epoch schedule of the reference: cosine without warm-up, or x0.1 at each milestone passed."""
+    if cfg.cos:
+        lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    else:
+        lr = cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.schedule)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def load_split(cfg: PretrainConfig, split: str) -> tuple[Dataset, list[str]]:
+    """``split`` as configured (the training split cut to ``--subset-per-class``, also the test split of a
+    smoke run) and, with ``--skip-corrupt``, without its unreadable images, whose paths come second."""
+    ds = build_dataset(cfg.dataset, cfg.data_root, split, None, download=cfg.download)
+    skipped: list[str] = []
+    if cfg.skip_corrupt:
+        ds, skipped = skip_unreadable(ds, cfg.workers if cfg.workers is not None else 2)
+    if cfg.subset_per_class and (split == cfg.train_split or cfg.smoke):
+        ds = balanced_subset(ds, cfg.subset_per_class, cfg.seed)
+    return ds, skipped
+
+
+def image_size(cfg: PretrainConfig, ds: Dataset) -> int:
+    return cfg.image_size or ds.image_size
+
+
+def training_set(cfg: PretrainConfig, base: Dataset, size: int, num_views: int) -> tuple[Dataset, BatchAugment | None]:
+    """The training dataset and, with ``--aug-backend tensor``, the batched augmentation that the training loop
+    applies to its uint8 batches (the dataset then only converts images to tensors)."""
+    if cfg.aug_backend == "tensor":
+        return with_transform(base, PILToTensor()), BatchAugment(cfg.aug, size, cfg.crop_min_scale)
+    aug = pretrain_transform(cfg.aug, size, cfg.crop_min_scale)
+    return with_transform(base, TwoCropsTransform(aug) if num_views == 2 else aug), None
+
+
+def make_loaders(cfg: PretrainConfig, train_set: Dataset, cluster_set: Dataset, device: torch.device):
+    local_b = cfg.batch_size // D.world_size()
+    sampler = DistributedSampler(train_set, D.world_size(), D.rank(), shuffle=True, seed=cfg.seed, drop_last=True)
+    common = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda", "worker_init_fn": _worker_init}
+    train_loader = DataLoader(train_set, local_b, sampler=sampler, drop_last=True, **common)
+    cluster_loader = DataLoader(cluster_set, local_b * 5, sampler=D.ShardSampler(len(cluster_set), D.rank(),
+                                                                                  D.world_size()), **common)
+    return train_loader, cluster_loader, sampler
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers decode and augment; the main process owns the cores for compute
+
+
+def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, fused: bool = True) -> torch.optim.SGD:
+    """SGD over the trainable parameters, with the fused kernel (``fused``) where this torch has one for their
+    device: it reads and writes the weights once per step instead of once per op (about 6 of 110 ms on a CPU)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    hyper = {"lr": cfg.lr, "momentum": cfg.sgd_momentum, "weight_decay": cfg.weight_decay}
+    if fused:
+        try:
+            return torch.optim.SGD(params, **hyper, fused=True)
+        except (RuntimeError, TypeError):  # an older torch, or none for this device
+            pass
+    return torch.optim.SGD(params, **hyper)
+
+
+def save_checkpoint(cfg: PretrainConfig, model: Method, optimizer, epoch: int, num_samples: int) -> None:
+    state = {"epoch": epoch + 1, "method": cfg.method, "arch": cfg.arch, "config": json.loads(cfg.to_json()),
+             "num_samples": num_samples, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+             **provenance()}
+    save_torch(state, cfg.run_dir / "last.pt")
+    if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
+        shutil.copyfile(cfg.run_dir / "last.pt", cfg.run_dir / f"checkpoint_{epoch:04d}.pt")
+
+
+def load_checkpoint(cfg: PretrainConfig, model: Method, optimizer, num_samples: int) -> int:
+    """Restore ``last.pt``; the run must continue on the same training images (their count is checked: PCL's
+    clusters, InstDisc's memory bank and the label subset are indexed by image)."""
+    ckpt = torch.load(cfg.run_dir / "last.pt", map_location="cpu", weights_only=False)
+    if ckpt.get("num_samples", num_samples) != num_samples:
+        raise UsageError(f"--resume: {cfg.run_dir} trained on {ckpt['num_samples']} images but the training "
+                         f"split now has {num_samples}; restore the dataset as it was (and --skip-corrupt as "
+                         f"it was), or start a new run with --name")
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return ckpt["epoch"]
+
+
+def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResult | None, epoch: int,
+                    cfg: PretrainConfig, logger: MetricLogger | None, device: torch.device,
+                    augment: BatchAugment | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns the epoch means of every metric the method reports.
+
+    With ``augment``, the loader yields uint8 image batches and each of the method's views is made here."""
+    model.train()
+    sums: dict[str, float] = defaultdict(float)
+    steps = len(loader)
+    amp, fmt = cfg.amp and device.type == "cuda", memory_format(cfg)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not D.is_main(), mininterval=2,
+               file=sys.stderr, leave=False)
+    num_views = getattr(model, "module", model).num_views
+    for step, (views, _, index) in enumerate(bar):
+        if augment is not None:  # view by view: one call for all views ran 5 % faster but cost moco_v2 1.5 kNN
+            images = views.to(device, non_blocking=True)
+            views = [augment(images) for _ in range(num_views)]
+        views = [v.to(device, non_blocking=True, memory_format=fmt) for v in (views if isinstance(views, list) else [views])]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(views, index.to(device, non_blocking=True), clusters)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        values = {k: D.all_reduce_mean(v.detach().float()).item() for k, v in out.items()}
+        if not math.isfinite(values["loss"]):
+            raise TrainingDiverged(
+                f"loss became {values['loss']} at epoch {epoch + 1}, step {step + 1}; the run stopped and "
+                f"{cfg.run_dir / 'last.pt'} keeps the last good state (epoch {epoch}); lower --lr and --resume")
+        for k, v in values.items():
+            sums[k] += v
+        if D.is_main():
+            bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+            if logger and step % cfg.log_every == 0:
+                logger.log("step", step=epoch * steps + step, epoch=epoch,
+                           lr=optimizer.param_groups[0]["lr"], **values)
+    return {k: v / steps for k, v in sums.items()}
+
+
+def cluster_epoch(model: Method, cluster_loader, n: int, cfg: PretrainConfig, device, labels) -> tuple:
+    """The E-step, with its statistics; returns (clusters, timings, statistics or None off rank 0)."""
+    clusters, _, timing = e_step(
+        model.clustering_encoder, cluster_loader, n, cfg.num_cluster, cfg.temperature, device,
+        alpha=cfg.concentration_alpha, niter=cfg.kmeans_iters, nredo=cfg.kmeans_restarts,
+        fixed_concentration=cfg.concentration == "fixed", backend=cfg.kmeans_backend)
+    stats = cluster_statistics(clusters, labels) if D.is_main() else None
+    return clusters, timing, stats
+
+
+def partial_labels(cfg: PretrainConfig, ds: Dataset) -> torch.Tensor:
+    """Class of each training sample (N,) long, -1 outside the labelled subset of ``cfg.label_fraction``.
+
+    The subset is drawn once (seeded; every rank draws the same one) and saved as ``label_subset.json`` in the
+    run folder, in the semi-supervised evaluation's subset format; a resumed run reloads it.
+    """
+    targets = np.asarray(ds.targets)
+    keep = load_or_draw_subset(cfg.run_dir / "label_subset.json", targets, cfg.label_fraction, cfg.seed,
+                               cfg.label_balanced)
+    labels = torch.full((len(targets),), -1, dtype=torch.long)
+    labels[keep] = torch.from_numpy(targets[keep]).long()
+    return labels
+
+
+def dataset_labels(ds: Dataset) -> dict[str, np.ndarray]:
+    labels = {"fine": np.asarray(ds.targets)}
+    if getattr(ds, "coarse_targets", None) is not None:
+        labels["coarse"] = np.asarray(ds.coarse_targets)
+    return labels
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Check ``cfg`` against its training split, then train (:func:`train`) or, with ``--smoke``, run
+    :func:`smoke`. Returns the summary of the run (epochs, seconds, kNN accuracies)."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(D.local_rank())
+    D.init(device.type)
+    set_world(cfg, D.world_size())
+    base, skipped = load_split(cfg, cfg.train_split)
+    if cfg.final_knn:  # checked now, not after days of training
+        load_split(cfg, cfg.test_split)
+    try:
+        validate(cfg, len(base), D.world_size(), num_classes=len(base.classes))
+    except UsageError as problem:
+        if not cfg.smoke:
+            raise
+        # A smoke run still runs (with settings that fit its images), then reports what the full run would hit.
+        print(f"note: the full run would stop at once: {problem}", file=sys.stderr)
+        smoke(cfg, len(base), len(base.classes), device)
+        raise UsageError(f"the smoke run passed, but the full run would stop at once: {problem}") from None
+    if cfg.smoke:
+        return smoke(cfg, len(base), len(base.classes), device)
+    return train(cfg, base, skipped, device)
+
+
+def smoke(cfg: PretrainConfig, num_samples: int, num_classes: int, device: torch.device) -> dict[str, Any]:
+    """The configured recipe on a few hundred images, every phase once: a warm-up epoch, a checkpoint, a
+    resume from it, an E-step and ProtoNCE steps (methods that cluster), the final kNN check. The run folder
+    is ``<name>-smoke``; the settings a few hundred images cannot hold are printed before it starts."""
+    t0 = time.perf_counter()
+    small_cfg = smoke_config(cfg, num_samples, num_classes)
+    base, skipped = load_split(small_cfg, small_cfg.train_split)
+    small_cfg, changes = fit_smoke_clusters(small_cfg, len(base), D.world_size())
+    validate(small_cfg, len(base), D.world_size(), num_classes=len(base.classes))
+    if D.is_main():
+        print(f"smoke run of {cfg.method} in {small_cfg.run_dir}: {len(base)} training images, 2 epochs (1 "
+              f"warm-up), resumed after the first; otherwise as configured{changes}", flush=True)
+    train(small_cfg, base, skipped, device, stop_after=1)
+    summary = train(dataclasses.replace(small_cfg, resume=True, overwrite=False), base, skipped, device)
+    if D.is_main():
+        print(f"smoke run passed in {time.perf_counter() - t0:.0f} s: every phase ran; drop --smoke for the "
+              f"real run", flush=True)
+    return summary
+
+
+def train(cfg: PretrainConfig, base: Dataset, skipped: list[str], device: torch.device,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Train ``cfg.method`` on ``base`` (its training split, checked by :func:`validate`); ``skipped``: the
+    unreadable images left out of it. ``stop_after``: end after that many epochs, without the final kNN
+    check (a run to be resumed)."""
+    if D.is_main():
+        prepare_run_dir(cfg)
+        if skipped:
+            write_json({cfg.train_split: skipped}, cfg.run_dir / "skipped_images.json")
+    D.barrier()
+    size = image_size(cfg, base)
+    method_cls = METHODS[cfg.method]
+    train_set, augment = training_set(cfg, base, size, method_cls.num_views)
+    cluster_set = with_transform(base, eval_transform(size))
+
+    seed_epoch(cfg.seed, 0, 0)  # identical initial weights and queue on every rank
+    model = build_method(cfg, len(base))
+    if model.uses_labels:
+        model.attach_labels(partial_labels(cfg, base), len(base.classes), cfg)
+    model = model.to(device, memory_format=memory_format(cfg))
+    optimizer = make_optimizer(model, cfg)
+    start_epoch = load_checkpoint(cfg, model, optimizer, len(base)) if cfg.resume else 0
+    ddp = DistributedDataParallel(model, device_ids=[D.local_rank()] if device.type == "cuda" else None) \
+        if D.is_dist() else model
+    train_loader, cluster_loader, sampler = make_loaders(cfg, train_set, cluster_set, device)
+
+    logger = MetricLogger(cfg.run_dir) if D.is_main() else None
+    if logger:
+        write_json({**json.loads(cfg.to_json()), "provenance": provenance()}, cfg.run_dir / "config.json")
+        logger.truncate_from(start_epoch)
+    labels = dataset_labels(base)
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)):
+        seed_epoch(cfg.seed, epoch, D.rank())
+        t0 = time.perf_counter()
+        clusters, timing = None, {}
+        if model.clusters and epoch >= cfg.warmup_epochs:
+            clusters, timing, stats = cluster_epoch(model, cluster_loader, len(base), cfg, device, labels)
+            if logger:
+                logger.log("cluster", epoch=epoch, **timing, granularities=stats)
+                save_torch({"epoch": epoch, **clusters.to("cpu").state_dict()}, cfg.run_dir / "clusters.pt")
+        lr = adjust_learning_rate(optimizer, cfg, epoch)
+        sampler.set_epoch(epoch)
+        t1 = time.perf_counter()
+        means = train_one_epoch(ddp, train_loader, optimizer, clusters, epoch, cfg, logger, device, augment)
+        t2 = time.perf_counter()
+        if D.is_main():
+            save_checkpoint(cfg, model, optimizer, epoch, len(base))
+            images = len(train_loader) * cfg.batch_size
+            row = {"epoch": epoch, "lr": lr, **means, "epoch_s": t2 - t0, "train_s": t2 - t1,
+                   "estep_s": t1 - t0, "images_per_s": images / (t2 - t1), **timing}
+            logger.log("epoch", **row)
+            print(_epoch_line(row, cfg.epochs), flush=True)
+    summary = {"run_dir": str(cfg.run_dir), "epochs": cfg.epochs, "train_time_s": time.perf_counter() - t_start}
+    if D.is_main() and cfg.final_knn and stop_after is None:
+        summary.update(final_knn(cfg, model, device))
+        write_json(summary, cfg.run_dir / "knn.json")
+    if logger:
+        logger.close()
+    return summary
+
+
+def _epoch_line(row: dict[str, float], epochs: int) -> str:
+    keys = [k for k in ("loss", "acc_inst", "acc_proto") if k in row]
+    vals = "  ".join(f"{k} {row[k]:.3f}" for k in keys)
+    return (f"epoch {row['epoch'] + 1}/{epochs}  {vals}  lr {row['lr']:.4g}  "
+            f"{row['epoch_s']:.0f}s ({row['images_per_s']:.0f} img/s, E-step {row['estep_s']:.0f}s)")
+
+
+def final_knn(cfg: PretrainConfig, model: Method, device: torch.device) -> dict[str, Any]:
+    """kNN top-1 of the trained backbone on the test split, next to a randomly initialised encoder's."""
+    (bank, _), (test, skipped) = load_split(cfg, knn_bank_split(cfg)), load_split(cfg, cfg.test_split)
+    tf = eval_transform(image_size(cfg, bank))
+    loaders = [DataLoader(with_transform(ds, tf), 256, num_workers=cfg.workers, worker_init_fn=_worker_init)
+               for ds in (bank, test)]
+    torch.manual_seed(cfg.seed)
+    random_encoder = encoder_from_config(cfg).to(device).eval()
+    encoders = {"random_init": random_encoder, cfg.method: model.encoder_q.eval()}
+    results = {}
+    for name, net in encoders.items():
+        (fb, yb), (ft, yt) = [extract_features(lambda x, n=net: backbone_features(n, x), ld, device, desc=name)
+                              for ld in loaders]
+        results[name] = knn_accuracy(fb, yb, ft, yt, cfg.knn_k, cfg.knn_t)
+    gain = results[cfg.method] - results["random_init"]
+    print(f"\nkNN top-1 on {cfg.dataset} {cfg.test_split} (k={cfg.knn_k}, t={cfg.knn_t}, backbone features)\n"
+          f"  random init  {results['random_init']:6.2f}\n"
+          f"  {cfg.method:<12} {results[cfg.method]:6.2f}  ({gain:+.2f})", flush=True)
+    return {"knn": {"k": cfg.knn_k, "t": cfg.knn_t, "split": cfg.test_split, **results,
+                    **({"skipped_images": skipped} if skipped else {})}}
+
+
+def knn_bank_split(cfg: PretrainConfig) -> str:
+    """The labelled split the final kNN check uses as its bank: the training split, or ``train`` for STL-10's
+    unlabelled ones."""
+    return cfg.train_split if "unlabeled" not in cfg.train_split else "train"
