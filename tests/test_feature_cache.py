@@ -1,11 +1,17 @@
 """Feature kinds and the on-disk feature cache: reuse, keys, atomic files, multi-label targets."""
+import os
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from pcl_bench.data import build_dataset
+from pcl_bench.data.fingerprint import fingerprint
 from pcl_bench.eval import feature_cache
 from pcl_bench.eval.feature_cache import cache_key, cached_features, places_features, res5_2x2_features
+from pcl_bench.eval.runner import load_encoder, weights_sha256
 from pcl_bench.models.encoders import backbone_features, build_encoder
 from pcl_bench.runtime.errors import UsageError
 
@@ -125,3 +131,19 @@ def test_res5_2x2_is_goyal_avgpool_6_stride_1_at_7x7():
 def test_unknown_kind(net, tmp_path):
     with pytest.raises(UsageError, match="unknown feature kind 'conv4'"):
         features(net, Images(np.zeros(2, dtype=np.int64)), "conv4", cache_dir=tmp_path)
+
+
+def test_changed_data_or_weights_are_never_served_from_the_cache(tmp_path):
+    """The runner's keys hash the data's files and a random encoder's weights: a regenerated or edited dataset,
+    or another initialisation under the same name, gets its own entry."""
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "train" / cls / "0.png")
+    before = fingerprint(build_dataset("imagefolder", tmp_path, "train"))
+    Image.new("RGB", (8, 8), (200, 20, 30)).save(tmp_path / "train" / "a" / "0.png")
+    os.utime(tmp_path / "train" / "a" / "0.png", ns=(1, 1))  # same size, another time: another key
+    assert fingerprint(build_dataset("imagefolder", tmp_path, "train")) != before
+    net, info = load_encoder("random:resnet18")
+    assert info["sha256"] == weights_sha256(net)
+    torch.nn.init.zeros_(net.conv1.weight)
+    assert weights_sha256(net) != info["sha256"]

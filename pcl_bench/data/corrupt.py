@@ -8,7 +8,6 @@ modification time, so a split is scanned again only when one of its files change
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -20,6 +19,7 @@ from tqdm import tqdm
 from ..runtime.atomic import write_json
 from ..runtime.errors import CorruptImage
 from ..runtime.paths import cache_dir
+from .fingerprint import files_fingerprint
 from .subsets import InstanceSubset
 
 # Decoding errors PIL raises for bad files (UnidentifiedImageError and truncation are OSErrors).
@@ -52,20 +52,9 @@ class _Probe(Dataset):
         return ""
 
 
-def _fingerprint(paths: list[str]) -> str:
-    stats = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            stats.append((p, st.st_size, st.st_mtime_ns))
-        except OSError:
-            stats.append((p, -1, -1))
-    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:32]
-
-
 def find_unreadable(paths: list[str], workers: int = 2) -> dict[str, str]:
     """``{path: reason}`` of every file in ``paths`` that does not decode (missing files included)."""
-    cache = cache_dir("corrupt") / f"{_fingerprint(paths)}.json"
+    cache = cache_dir("corrupt") / f"{files_fingerprint(paths)}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     loader = DataLoader(_Probe(paths), batch_size=64, num_workers=workers, collate_fn=list)

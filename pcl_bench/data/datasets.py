@@ -131,6 +131,10 @@ class ImageFolderInstance(Dataset):
     def path(self, i: int) -> str:
         return os.path.join(self.split_dir, os.fsdecode(self._files[i]))
 
+    def files(self) -> list[str]:
+        """Every file the items are read from (for :func:`pcl_bench.data.fingerprint`)."""
+        return [self.path(i) for i in range(len(self))]
+
     def __len__(self) -> int:
         return len(self.targets)
 
@@ -208,6 +212,7 @@ class CIFAR10(Dataset):
             for f in self.split_files[split]
         ]
         self.data = np.concatenate([self._images(b["data"]) for b in batches])
+        self._sources = [os.path.join(base, f) for f in (self.meta_file, *self.split_files[split])]
         self._set_labels(meta, batches)
         if len(self.targets) != len(self.data):
             raise _layout_error(
@@ -224,6 +229,10 @@ class CIFAR10(Dataset):
     def _set_labels(self, meta: dict[str, Any], batches: list[dict[str, Any]]) -> None:
         self.classes = list(meta["label_names"])
         self.targets = np.concatenate([np.asarray(b["labels"], dtype=np.int64) for b in batches])
+
+    def files(self) -> list[str]:
+        """The pickles the split was read from."""
+        return list(self._sources)
 
     @classmethod
     def download(cls, root: str) -> None:
@@ -302,6 +311,9 @@ class STL10(Dataset):
         with open(os.path.join(base, self.meta_file)) as f:
             self.classes = [line.strip() for line in f if line.strip()]
         self._x_paths, targets = [], []
+        self._sources = [os.path.join(base, self.meta_file)] + [
+            os.path.join(base, f"{part}_{kind}.bin") for part in self.split_parts[split] for kind in "Xy"
+            if part != "unlabeled" or kind == "X"]
         for part in self.split_parts[split]:
             x_path = os.path.join(base, f"{part}_X.bin")
             n = self._count_images(x_path)
@@ -351,6 +363,10 @@ class STL10(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arrays": None}
+
+    def files(self) -> list[str]:
+        """The binary files the split is read from."""
+        return list(self._sources)
 
     @classmethod
     def download(cls, root: str) -> None:

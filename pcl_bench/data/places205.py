@@ -54,7 +54,7 @@ class Places205(Dataset):
         if split not in self.splits:
             raise UsageError(f"{self.name}: unknown split {split!r}; valid splits: {', '.join(self.splits)}")
         root = Path(root).expanduser()
-        csv = root / LISTS / f"{split}_places205.csv"
+        self.csv = csv = root / LISTS / f"{split}_places205.csv"
         self.image_dir = root / IMAGES
         if not csv.is_file():
             raise self._error(f"{root} has no {LISTS}/{split}_places205.csv")
@@ -97,6 +97,10 @@ class Places205(Dataset):
 
     def path(self, i: int) -> Path:
         return self.image_dir / self._files[i].decode()
+
+    def files(self) -> list[Path]:
+        """The split list and every image (for :func:`pcl_bench.data.fingerprint`)."""
+        return [self.csv, *(self.path(i) for i in range(len(self)))]
 
     def __len__(self) -> int:
         return len(self.targets)

@@ -337,13 +337,14 @@ def generate_shapes(
 
 def _load_or_generate(
     root: pathlib.Path, split: str, seed: int, per_class: int | None, size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Load a split from the cache in ``root``, generating and saving it (atomically) on a miss."""
+) -> tuple[np.ndarray, np.ndarray, pathlib.Path]:
+    """Load a split from the cache in ``root``, generating and saving it (atomically) on a miss; returns the
+    images, the labels and the cache file."""
     per_class = DEFAULT_PER_CLASS[split] if per_class is None else per_class
     path = root / f"shapes-v{GENERATOR_VERSION}-{split}-seed{seed}-n{per_class}-s{size}.npz"
     if path.exists():
         with np.load(path) as f:
-            return f["images"], f["labels"]
+            return f["images"], f["labels"], path
     images, labels = generate_shapes(split, seed, per_class, size)
     root.mkdir(parents=True, exist_ok=True)
     # Temp file + os.replace: concurrent runs or an interrupted write never leave a truncated cache file.
@@ -356,7 +357,7 @@ def _load_or_generate(
     except BaseException:
         os.unlink(tmp)
         raise
-    return images, labels
+    return images, labels, path
 
 
 class ShapesDataset(torch.utils.data.Dataset):
@@ -378,7 +379,7 @@ class ShapesDataset(torch.utils.data.Dataset):
     ):
         _check_split(split)
         root = cache_dir("shapes") if root is None else pathlib.Path(root)
-        self.images, self.targets = _load_or_generate(root, split, seed, per_class, self.image_size)
+        self.images, self.targets, self._file = _load_or_generate(root, split, seed, per_class, self.image_size)
         self.classes = FINE_CLASSES
         self.coarse_classes = COARSE_CLASSES
         self.coarse_targets = np.asarray(FINE_TO_COARSE, dtype=np.int64)[self.targets]
@@ -386,6 +387,10 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def files(self) -> list[pathlib.Path]:
+        """The generated cache file (its name holds the generator version, seed and sizes)."""
+        return [self._file]
 
     def __getitem__(self, i: int) -> tuple[Any, int, int]:
         img = Image.fromarray(self.images[i])

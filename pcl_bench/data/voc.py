@@ -197,6 +197,7 @@ class VOCClassification(Dataset):
         self.base = voc_dir(root, year)
         self.classes = list(classes) if classes is not None else discover_classes(self.base, split, year)
         self.image_ids, self.targets = read_class_labels(self.base, split, self.classes, year)
+        self.label_files = [self.base / "ImageSets" / "Main" / f"{c}_{split}.txt" for c in self.classes]
         _check_images(self.base, year, "JPEGImages")
         self.transform = transform
         self.image_size = image_size
@@ -206,6 +207,10 @@ class VOCClassification(Dataset):
 
     def path(self, i: int) -> Path:
         return self.base / "JPEGImages" / f"{self.image_ids[i]}.jpg"
+
+    def files(self) -> list[Path]:
+        """The class lists and every image (for :func:`pcl_bench.data.fingerprint`)."""
+        return [*self.label_files, *(self.path(i) for i in range(len(self)))]
 
     def __getitem__(self, i: int) -> tuple[Any, torch.Tensor, int]:
         img = open_rgb(self.path(i))
@@ -265,6 +270,11 @@ class VOCDetection(Dataset):
 
     def path(self, i: int) -> Path:
         return self.bases[self._base_of[i]] / "JPEGImages" / f"{self.image_ids[i]}.jpg"
+
+    def files(self) -> list[Path]:
+        """Every image and its annotation (for :func:`pcl_bench.data.fingerprint`)."""
+        return [p for i in range(len(self)) for p in
+                (self.path(i), self.bases[self._base_of[i]] / "Annotations" / f"{self.image_ids[i]}.xml")]
 
     def __getitem__(self, i: int) -> tuple[Any, dict[str, Any], int]:
         img = open_rgb(self.path(i))

@@ -37,7 +37,7 @@ from ..runtime.errors import UsageError
 from .features import extract_features
 
 # Bump when the extraction changes in a way that changes the features, to invalidate old cache files.
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: dataset keys hash the data's files, random encoders their weights
 
 
 def layer4_maps(net: ResNet, x: torch.Tensor) -> torch.Tensor:
@@ -77,8 +77,8 @@ def cached_features(backbone: ResNet, ckpt_sha256: str, dataset: Dataset, datase
                     cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Features of every item of ``dataset`` (in order) under ``backbone``, from the cache when present.
 
-    ``dataset_key`` must identify the dataset's content and preprocessing (name, root, split, transform
-    repr); ``ckpt_sha256`` the backbone's weights. ``backbone`` is put in eval mode on ``device``.
+    ``dataset_key`` must identify the dataset's content (:func:`pcl_bench.data.fingerprint.fingerprint`) and
+    preprocessing (transform repr); ``ckpt_sha256`` the backbone's weights. ``backbone`` is put in eval mode on ``device``.
     Returns (features float32 (N, D), targets as the dataset yields them: (N,) labels or (N, C) multi-label).
     """
     if kind not in FEATURE_FNS:

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset, Subset
 from ..data import InstanceSubset, balanced_subset, build_dataset, default_splits, with_transform
 from ..data.augment import eval_transform
 from ..data.corrupt import skip_unreadable
+from ..data.fingerprint import fingerprint
 from ..data.subsets import load_or_draw_subset
 from ..models.checkpoints import load_backbone
 from ..models.encoders import build_encoder, feature_dim
@@ -71,9 +72,19 @@ def load_encoder(checkpoint: str, arch: str | None = None, seed: int = 0) -> tup
     torch.manual_seed(seed)
     net = build_encoder(arch, stem=stem)
     net.fc = torch.nn.Identity()
-    sha = hashlib.sha256(f"{checkpoint}:{stem}:seed{seed}".encode()).hexdigest()
+    sha = weights_sha256(net)
     return net.eval(), {"path": checkpoint, "sha256": sha, "kind": "random", "arch": arch, "stem": stem,
                         "method": "random init"}
+
+
+def weights_sha256(net: torch.nn.Module) -> str:
+    """sha256 of a network's weights and buffers: what a random encoder's cached features depend on (its
+    seed string alone would not notice another torch initialising differently)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def smoke_subset(ds: Dataset, per_class: int, seed: int = 0) -> Dataset:
@@ -145,9 +156,7 @@ class Evaluation:
         """Cached (features, targets) of the ``train`` or ``test`` split under the centre crop."""
         tf = eval_transform(self.image_size)
         ds = self.split(which, tf)
-        root = os.path.abspath(os.path.expanduser(self.data_root)) if self.data_root else "-"
-        subset = hashlib.sha256(ds.indices.tobytes()).hexdigest()[:16] if isinstance(ds, InstanceSubset) else "all"
-        key = f"{self.dataset}|{root}|{self.splits[which]}|{subset}|{tf}"
+        key = f"{self.layout}|{fingerprint(ds)}|{tf}"  # the data's content, not its name
         return cached_features(self.net, self.info["sha256"], ds, key, self.spec.get("feature", "pool"),
                                self.batch_size, self.workers, self.device)
 
