@@ -175,10 +175,12 @@ def _eval(args: argparse.Namespace) -> None:
     if len(protocols) > 1 and (set(overrides) - set(DATASET_FLAGS) or args.spec or args.variant):
         raise UsageError("eval all runs each protocol with its spec's settings; keep only --train-split, "
                          "--test-split and --image-size, or name one protocol")
-    # Every evaluation is planned (specs, splits, images) before the first one runs.
+    # Every evaluation is planned (specs, splits, images) before the first one runs; they share opened splits.
+    opened: dict = {}
     plans = [plan(p, args.dataset, args.data_root, spec_file=args.spec, variant=args.variant,
                   overrides=overrides, smoke=args.smoke, skip_corrupt=args.skip_corrupt, results=args.results,
-                  device=args.device, workers=args.workers, batch_size=args.batch_size) for p in protocols]
+                  device=args.device, workers=args.workers, batch_size=args.batch_size, opened=opened)
+             for p in protocols]
     for ev in plans:
         rows = run(ev, args.checkpoint, arch=args.arch, label=args.label, results=args.results)
         print(format_rows(rows))

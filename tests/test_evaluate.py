@@ -61,6 +61,15 @@ def test_spec_resolution():
     assert S.paper_setup("lowshot", "voc12") == {} and S.paper_setup("knn", "imagefolder") == {}
 
 
+def test_eval_all_opens_each_split_once(monkeypatch):
+    calls = []
+    build = E.build_dataset
+    monkeypatch.setattr(E, "build_dataset", lambda *a, **k: calls.append(a) or build(*a, **k))
+    opened = {}
+    knn, ami = (E.plan(p, "shapes", opened=opened, device="cpu") for p in ("knn", "ami"))
+    assert len(calls) == 2 and knn.split("train") is ami.split("train")
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: S.find_spec("lowshot", "mnist"), "no lowshot protocol spec lists dataset 'mnist'"),
     (lambda: S.resolve_spec(S.find_spec("knn", "shapes"), "shapes", "goyal", {}), "unknown --variant 'goyal'"),

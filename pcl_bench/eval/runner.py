@@ -121,6 +121,7 @@ class Evaluation:
     results_dir: Path
     smoke: bool = False
     skip_corrupt: bool = False
+    shared: dict[tuple, Dataset] = field(default_factory=dict)  # splits opened for other evaluations too
     net: torch.nn.Module | None = None
     info: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, list[str]] = field(default_factory=dict)
@@ -130,10 +131,11 @@ class Evaluation:
         """Open (and list) the ``which`` splits, leave out unreadable images with ``skip_corrupt`` and keep a
         few images per class with ``smoke``; fix the image size from the training split if still open."""
         for w in which:
-            if self.protocol == "detection":
-                ds = detection_split(self.dataset, self.data_root, self.splits[w], training=w == "train")
-            else:
-                ds = build_dataset(self.layout, self.data_root, self.splits[w])
+            key = (self.protocol == "detection", self.layout, self.data_root, self.splits[w], w == "train")
+            if key not in self.shared:
+                self.shared[key] = (detection_split(self.dataset, self.data_root, self.splits[w], w == "train")
+                                    if key[0] else build_dataset(self.layout, self.data_root, self.splits[w]))
+            ds = self.shared[key]
             if self.skip_corrupt:
                 ds, self.skipped[self.splits[w]] = skip_unreadable(ds, self.workers)
             self._opened[w] = smoke_subset(ds, self.spec.get("per_class", 8)) if self.smoke else ds
@@ -155,8 +157,8 @@ class Evaluation:
     def features(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         """Cached (features, targets) of the ``train`` or ``test`` split under the centre crop."""
         tf = eval_transform(self.image_size)
+        key = f"{self.layout}|{fingerprint(self.split(which))}|{tf}"  # the data's content, not its name
         ds = self.split(which, tf)
-        key = f"{self.layout}|{fingerprint(ds)}|{tf}"  # the data's content, not its name
         return cached_features(self.net, self.info["sha256"], ds, key, self.spec.get("feature", "pool"),
                                self.batch_size, self.workers, self.device)
 
@@ -318,9 +320,11 @@ PROTOCOLS: dict[str, Protocol] = {
 def plan(protocol: str, dataset: str, data_root: str | None = None, *, spec_file: str | None = None,
          variant: str | None = None, overrides: dict[str, Any] | None = None, smoke: bool = False,
          skip_corrupt: bool = False, results: str | os.PathLike = DEFAULT_PATH, device: str = "auto",
-         workers: int = 2, batch_size: int = 256) -> Evaluation:
+         workers: int = 2, batch_size: int = 256, opened: dict[tuple, Dataset] | None = None) -> Evaluation:
     """Resolve the spec, the splits and the image size of one evaluation and open its splits: every check that
-    needs no encoder. ``overrides`` may hold spec entries and ``train_split`` / ``test_split`` / ``image_size``."""
+    needs no encoder. ``overrides`` may hold spec entries and ``train_split`` / ``test_split`` / ``image_size``.
+    Evaluations planned with one ``opened`` dict open each split once (``eval all``: listing ImageNet takes a
+    while)."""
     if protocol not in PROTOCOLS:
         raise UsageError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     overrides = dict(overrides or {})
@@ -337,8 +341,8 @@ def plan(protocol: str, dataset: str, data_root: str | None = None, *, spec_file
     image_size = fixed.get("image_size", spec.get("image_size"))
     if protocol == "detection":
         spec["image_size"] = image_size  # the detector's test size
-    ev = Evaluation(protocol, spec, dataset, data_root, splits, image_size, resolve_device(device), workers, batch_size,
-                    Path(results).parent, smoke, skip_corrupt)
+    ev = Evaluation(protocol, spec, dataset, data_root, splits, image_size, resolve_device(device), workers,
+                    batch_size, Path(results).parent, smoke, skip_corrupt, {} if opened is None else opened)
     ev.open_splits(PROTOCOLS[protocol].splits)
     PROTOCOLS[protocol].check(ev)
     return ev
