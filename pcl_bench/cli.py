@@ -9,7 +9,7 @@ import typing
 from .config import SCALE_PRESETS, PretrainConfig
 from .eval.store import DEFAULT_PATH
 from .methods import METHODS
-from .runtime.errors import UsageError, one_line
+from .runtime.errors import DiskFull, UsageError, one_line
 
 
 def _list_of(kind: type):
@@ -237,18 +237,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             from .train.engine import TrainingDiverged, config_for_run, pretrain
+            from .train.interrupt import Interrupted, StopSignals
             overrides = {k: v for k, v in vars(args).items() if k != "command"}
             try:
-                pretrain(config_for_run(overrides))
+                with StopSignals():  # a signal during set-up stops at once, with the same message
+                    pretrain(config_for_run(overrides))
             except TrainingDiverged as e:
                 print(f"pcl-bench: {e}", file=sys.stderr)
                 return 1
+            except Interrupted as e:
+                print(f"pcl-bench: {e}", file=sys.stderr)
+                return e.exit_code
         else:
             {"eval": _eval, "report": _report, "export": _export, "analyze": _analyze,
              "sweep": _sweep}[args.command](args)
     except UsageError as e:
         print(f"pcl-bench: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except DiskFull as e:
+        print(f"pcl-bench: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

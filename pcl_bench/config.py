@@ -102,6 +102,8 @@ class PretrainConfig:
     overwrite: bool = _f(False, "delete an existing run folder of the same name first")
     save_every: int = _f(5, "also keep checkpoint_<epoch>.pt every this many epochs (last.pt is written every epoch)")
     log_every: int = _f(10, "log step metrics every this many steps")
+    save_every_steps: int = _f(0, "also write last.pt every this many training steps inside an epoch (0: at "
+                                  "epoch ends only), for long epochs on machines that may be preempted")
     workers: int | None = _f(None, "data-loading processes per training process (default: 0 with "
                                    "--aug-backend tensor, else this node's CPU cores shared among its training "
                                    "processes, at most 8)")
@@ -211,6 +213,8 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
         raise UsageError(f"--batch-size {cfg.batch_size} is larger than the {num_samples} training images")
     if cfg.subset_per_class is not None and cfg.subset_per_class < 1:
         raise UsageError("--subset-per-class must be positive")
+    if cfg.save_every < 1 or cfg.save_every_steps < 0:
+        raise UsageError("--save-every must be positive and --save-every-steps at least 0 (0: epoch ends only)")
     local_batch = cfg.batch_size // world_size
     check_bn_splits(local_batch, cfg.bn_splits, world_size)
     method.check(cfg, num_samples, num_classes, local_batch)

@@ -90,7 +90,7 @@ class ImageFolderInstance(Dataset):
         self._files = np.array([os.fsencode(f) for f in files])
         self.targets = np.asarray(targets, dtype=np.int64)
         self.transform = transform
-        self.image_size = self._native_size(self.path(0)) if image_size is None else image_size
+        self.image_size = self._native_size() if image_size is None else image_size
 
     def _check_split_dir(self, root: str, split: str) -> None:
         if not os.path.isdir(root):
@@ -120,13 +120,18 @@ class ImageFolderInstance(Dataset):
             raise _layout_error(self.name, f"{split_dir} has no images in its class folders", self.layout)
         return classes, files, targets
 
-    @staticmethod
-    def _native_size(path: str) -> int:
-        try:
-            with Image.open(path) as img:  # reads the header only
-                return min(224, *img.size)
-        except DECODE_ERRORS as e:
-            raise CorruptImage.at(path, f"{type(e).__name__}: {e}") from None
+    def _native_size(self, tries: int = 16) -> int:
+        """The shorter side of the first image whose header reads (capped at 224). Unreadable images before it
+        are left to decoding, which names them, or to ``--skip-corrupt``, which leaves them out; only if the
+        first ``tries`` all fail is the first one named here."""
+        first_error = None
+        for i in range(min(tries, len(self))):
+            try:
+                with Image.open(self.path(i)) as img:  # reads the header only
+                    return min(224, *img.size)
+            except DECODE_ERRORS as e:
+                first_error = first_error or CorruptImage.at(self.path(i), f"{type(e).__name__}: {e}")
+        raise first_error
 
     def path(self, i: int) -> str:
         return os.path.join(self.split_dir, os.fsdecode(self._files[i]))

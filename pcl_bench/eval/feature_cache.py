@@ -12,15 +12,18 @@ Feature kinds, for a ResNet-50 on 224 px images (layer4 output 2048 x 7 x 7):
   keeps the 2 x 2 output and equals Goyal's pooling at 224 px.
 
 Cache files live in ``$PCL_BENCH_CACHE/features`` (default ``~/.cache/pcl-bench/features``), named by a
-hash of everything that determines the features; they are written atomically, so concurrent processes
-may share the folder.
+hash of everything that determines the features; they are written atomically, and processes that need the
+same entry at once wait on a lock file while one of them extracts it, so concurrent evaluations may share the
+folder. A damaged entry is reported and extracted again.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,16 +88,38 @@ def cached_features(backbone: ResNet, ckpt_sha256: str, dataset: Dataset, datase
         raise UsageError(f"unknown feature kind {kind!r}; choose one of {', '.join(FEATURE_FNS)}")
     key = cache_key(ckpt_sha256, dataset_key, kind, len(dataset))
     path = Path(cache_dir or paths.cache_dir("features")) / f"{key}.npz"
-    if path.exists():
+    if (hit := _load(path, len(dataset))) is not None:
         print(f"features: cache hit {key}", file=sys.stderr)
-        with np.load(path) as f:
-            return f["features"], f["targets"]
-    backbone = backbone.eval().to(device)
-    loader = DataLoader(dataset, batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
-    feats, targets = extract_features(lambda x: FEATURE_FNS[kind](backbone, x), loader, device,
-                                      desc=f"features ({kind})")
-    feats, targets = feats.numpy().astype(np.float32, copy=False), targets.numpy()
-    save_npz(path, features=feats, targets=targets)
+        return hit
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process extracts; the others wait for its file
+        if (hit := _load(path, len(dataset))) is not None:
+            print(f"features: cache hit {key} (extracted by another process)", file=sys.stderr)
+            return hit
+        backbone = backbone.eval().to(device)
+        loader = DataLoader(dataset, batch_size, shuffle=False, num_workers=workers,
+                            pin_memory=device.type == "cuda")
+        feats, targets = extract_features(lambda x: FEATURE_FNS[kind](backbone, x), loader, device,
+                                          desc=f"features ({kind})")
+        feats, targets = feats.numpy().astype(np.float32, copy=False), targets.numpy()
+        save_npz(path, features=feats, targets=targets)
     print(f"features: extracted {key} {feats.shape[0]} x {feats.shape[1]} -> {path}", file=sys.stderr)
+    return feats, targets
+
+
+def _load(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (features, targets) of cache file ``path``; None if absent or damaged (a warning says which), so
+    that a damaged entry is extracted again, never used."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as f:
+            feats, targets = f["features"], f["targets"]
+        if feats.ndim != 2 or len(feats) != n or len(targets) != n:
+            raise ValueError(f"{feats.shape} features and {len(targets)} targets for {n} images")
+    except Exception as e:  # noqa: BLE001  (BadZipFile, EOFError, ValueError, KeyError, OSError, ...)
+        warnings.warn(f"feature cache entry {path} is damaged ({type(e).__name__}: {e}); extracting again",
+                      stacklevel=3)
+        return None
     return feats, targets

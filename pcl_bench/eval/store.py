@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..runtime.errors import DiskFull
 from ..runtime.provenance import provenance
 
 REQUIRED = ("method", "checkpoint", "checkpoint_sha256", "arch", "dataset", "train_split", "test_split",
@@ -54,7 +55,8 @@ def make_row(**fields: Any) -> dict[str, Any]:
 def append_rows(rows: list[dict[str, Any]], path: str | os.PathLike = DEFAULT_PATH) -> None:
     """Append ``rows`` (from :func:`make_row`) to the JSON Lines file ``path``, creating it if needed.
 
-    Under an exclusive lock: one write of all rows, then flush and fsync.
+    Under an exclusive lock: one write of all rows, then flush and fsync. If that fails (a full disk: then
+    :class:`~pcl_bench.runtime.errors.DiskFull`), the file is cut back to its previous size.
     """
     if not rows:
         return
@@ -68,9 +70,14 @@ def append_rows(rows: list[dict[str, Any]], path: str | os.PathLike = DEFAULT_PA
             f.seek(size - 1)
             if f.read(1) != b"\n":  # a crashed append left a partial line: end it so it stays on its own
                 data = b"\n" + data
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        try:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as e:  # a full disk: take back what was written, so no partial row stays
+            f.truncate(size)
+            DiskFull.check(e, path)
+            raise
 
 
 def _plain(value: Any) -> Any:

@@ -16,6 +16,7 @@ import hashlib
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def check_crc(path: str | os.PathLike) -> None:
+    """Raise ValueError if a record of zip checkpoint ``path`` fails its CRC-32: torch.save stores one per
+    record, but torch.load does not check them and would load flipped bytes as weights. Files of the legacy
+    (torch < 1.6, non-zip) format have no checksums and pass."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if (bad := z.testzip()) is not None:
+                raise ValueError(f"record {bad} fails its CRC-32 check")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's top-level dict, with the state_dict under ``"state_dict"`` in every format.
 
@@ -52,6 +63,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     if not Path(path).is_file():
         raise UsageError(f"checkpoint {path}: no such file; pass the path of a .pt/.pth checkpoint")
+    try:
+        check_crc(path)
+    except (ValueError, zipfile.BadZipFile) as e:
+        raise UsageError(f"checkpoint {path} is damaged ({e}); restore it from a copy") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

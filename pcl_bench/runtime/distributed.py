@@ -70,6 +70,24 @@ def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:
     return x
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is True on any rank (a stop request that every rank must act on)."""
+    if not is_dist():
+        return flag
+    x = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return bool(x.item())
+
+
+def gather_objects(obj: object) -> list:
+    """``obj`` of every rank, in rank order, on every rank (picklable objects, e.g. RNG states)."""
+    if not is_dist():
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     if is_dist():
         x = x.clone()

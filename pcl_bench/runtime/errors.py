@@ -1,4 +1,6 @@
-"""The exception types for bad user input (wrong path, wrong layout, incompatible options, unreadable files)."""
+"""The exception types for bad user input (wrong path, wrong layout, incompatible options, unreadable files)
+and for a full disk."""
+import errno
 
 
 class UsageError(Exception):
@@ -20,6 +22,25 @@ class CorruptImage(UsageError):
                     f"--skip-corrupt to find and leave out every unreadable image")
         error.reason = reason
         return error
+
+
+class DiskFull(OSError):
+    """A write failed for want of space (ENOSPC, or EDQUOT: over quota). The file being replaced is intact."""
+
+    @classmethod
+    def check(cls, error: BaseException, path: object) -> None:
+        """Raise a DiskFull naming ``path`` if ``error`` comes from a full disk or quota; else return. The
+        chain of causes is searched: torch.save reports a failed write as a RuntimeError raised after it."""
+        cause: BaseException | None = error
+        while cause is not None:
+            if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise cls(cause.errno, f"no space left on the device writing {path} ({cause.strerror}); the "
+                                       f"file as it was before is intact: free space, then run the command "
+                                       f"again (pretrain: with --resume)") from error
+            cause = cause.__cause__ or cause.__context__
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def one_line(error: UsageError) -> str:

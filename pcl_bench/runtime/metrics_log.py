@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text
+from .errors import DiskFull
 
 
 class MetricLogger:
@@ -27,19 +28,32 @@ class MetricLogger:
         self.csv = self.dir / "epochs.csv"
         self.tb = SummaryWriter(str(self.dir / "tb"))
 
-    def truncate_from(self, epoch: int) -> None:
-        """Drop records of ``epoch`` and later (after a resume, the interrupted epoch is trained again)."""
+    def truncate_from(self, epoch: int, step: int | None = None) -> None:
+        """Drop records of ``epoch`` and later (after a resume, the interrupted epoch is trained again). With
+        ``step`` (a run resumed inside ``epoch`` at that global step), keep what that epoch logged before it:
+        its clustering and its earlier step records."""
+        def kept(record: dict | None) -> bool:
+            if record is None:  # a line cut short by a kill
+                return False
+            if record.get("epoch", -1) < epoch:
+                return True
+            return step is not None and record.get("epoch") == epoch and (
+                record["kind"] == "cluster" or (record["kind"] == "step" and record["step"] < step))
+
         if self.jsonl.exists():
-            keep = [line for line in self.jsonl.read_text().splitlines()
-                    if json.loads(line).get("epoch", -1) < epoch]
+            keep = [line for line in self.jsonl.read_text().splitlines() if kept(_record(line))]
             write_text("".join(line + "\n" for line in keep), self.jsonl)
         if self.csv.exists():
             rows = list(csv.DictReader(self.csv.open()))
             self._write_csv([r for r in rows if int(r["epoch"]) < epoch])
 
     def log(self, kind: str, **values: Any) -> None:
-        with self.jsonl.open("a") as f:
-            f.write(json.dumps({"kind": kind, **values}, default=float) + "\n")
+        try:
+            with self.jsonl.open("a") as f:
+                f.write(json.dumps({"kind": kind, **values}, default=float) + "\n")
+        except OSError as e:  # a partial line left behind is dropped on resume
+            DiskFull.check(e, self.jsonl)
+            raise
         x = values.get("step", values.get("epoch", 0))
         for key, v in values.items():
             if isinstance(v, (int, float)) and key not in ("step", "epoch"):
@@ -60,6 +74,14 @@ class MetricLogger:
 
     def close(self) -> None:
         self.tb.close()
+
+
+def _record(line: str) -> dict | None:
+    """The record of a metrics.jsonl line, None for a line that is not complete JSON."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 def read_epochs(run_dir: str | Path) -> list[dict[str, float]]:

@@ -7,6 +7,11 @@ clustering statistics), ``clusters.pt`` (the latest clustering) and ``knn.json``
 Reproducibility: every epoch reseeds Python, NumPy and torch from (seed, epoch, rank), and the training
 sampler shuffles from (seed, epoch). A run resumed from ``last.pt`` therefore continues exactly as the
 uninterrupted run would have (model, key encoder, queue, optimizer, augmentations, clusters).
+
+``last.pt`` is also written inside an epoch: every ``--save-every-steps`` steps, and when SIGTERM or SIGINT
+arrives (:mod:`.interrupt`). Such a checkpoint holds the epoch's clusters, its metric sums so far and the
+generator states of every rank; resuming replays the epoch's first batches through the data loader (its
+workers' augmentation generators advance only by augmenting) and continues bit-identically.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import shutil
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +44,40 @@ from ..eval.features import extract_features
 from ..eval.knn import knn_accuracy
 from ..methods import METHODS, Method, build_method
 from ..models import backbone_features, encoder_from_config
+from ..models.checkpoints import check_crc
 from ..runtime import distributed as D
-from ..runtime.atomic import save_torch, write_json
+from ..runtime.atomic import copy_file, save_torch, write_json
 from ..runtime.device import resolve_device
 from ..runtime.errors import UsageError
 from ..runtime.metrics_log import MetricLogger
 from ..runtime.provenance import provenance
-from ..runtime.seeding import seed_epoch
+from ..runtime.seeding import rng_state, seed_epoch, set_rng_state
 from .cluster_stats import cluster_statistics
 from .e_step import ClusterResult, e_step
+from .interrupt import StopSignals, ignore_in_worker
 
 # Flags that may change when a run is resumed; any other flag must match the run's saved config.
-RESUMABLE = {"epochs", "workers", "device", "log_every", "save_every", "final_knn", "resume", "amp",
-             "channels_last", "kmeans_backend"}
+RESUMABLE = {"epochs", "workers", "device", "log_every", "save_every", "save_every_steps", "final_knn", "resume",
+             "amp", "channels_last", "kmeans_backend"}
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the run stopped and its last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class ResumePoint:
+    """Where a run continues: after ``epoch`` epochs and ``step`` steps of the next one (0: an epoch boundary).
+    A mid-epoch point also carries that epoch's clusters, its metric sums so far, and per rank the generator
+    states after ``step`` steps (``rng``) and torch's state when the epoch's data loader started
+    (``loader_rng``: the workers' seeds are drawn from it)."""
+
+    epoch: int = 0
+    step: int = 0
+    clusters: ClusterResult | None = None
+    sums: dict[str, float] = dataclasses.field(default_factory=dict)
+    rng: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    loader_rng: list[torch.Tensor] = dataclasses.field(default_factory=list)
 
 
 def config_for_run(overrides: dict[str, Any]) -> PretrainConfig:
@@ -94,11 +117,11 @@ _EARLY_FILES = {"config.json", "metrics.jsonl", "epochs.csv", "tb", "clusters.pt
 
 
 def _stopped_before_first_checkpoint(run_dir: Path) -> bool:
-    """True if ``run_dir`` holds only what a run writes before its first checkpoint (and something of it)."""
+    """True if ``run_dir`` exists and holds only what a run writes before its first checkpoint (if anything)."""
     if not run_dir.is_dir():
         return False
     names = {p.name for p in run_dir.iterdir() if not p.name.startswith(".")}  # atomic writes' temporaries
-    return bool(names) and names <= _EARLY_FILES and "config.json" in names
+    return names <= _EARLY_FILES
 
 
 def _as_json(v: Any) -> Any:
@@ -111,6 +134,8 @@ def prepare_run_dir(cfg: PretrainConfig) -> None:
     run_dir = cfg.run_dir
     if cfg.resume or not run_dir.exists() or not any(run_dir.iterdir()):
         run_dir.mkdir(parents=True, exist_ok=True)
+        for partial in run_dir.glob(".*.tmp"):  # a write the previous process was killed in
+            partial.unlink()
         return
     if _stopped_before_first_checkpoint(run_dir):
         print(f"{run_dir} holds a run that stopped before its first checkpoint; starting it afresh",
@@ -175,6 +200,7 @@ def make_loaders(cfg: PretrainConfig, train_set: Dataset, cluster_set: Dataset, 
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers decode and augment; the main process owns the cores for compute
+    ignore_in_worker()
 
 
 def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, fused: bool = True) -> torch.optim.SGD:
@@ -190,42 +216,93 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, fused: bool = Tr
     return torch.optim.SGD(params, **hyper)
 
 
-def save_checkpoint(cfg: PretrainConfig, model: Method, optimizer, epoch: int, num_samples: int) -> None:
-    state = {"epoch": epoch + 1, "method": cfg.method, "arch": cfg.arch, "config": json.loads(cfg.to_json()),
-             "num_samples": num_samples, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-             **provenance()}
+def save_checkpoint(cfg: PretrainConfig, model: Method, optimizer, epoch: int, num_samples: int,
+                    point: ResumePoint | None = None) -> None:
+    """``last.pt`` at the end of ``epoch`` (0-based), kept as ``checkpoint_<epoch>.pt`` every ``save_every``
+    epochs, or, with ``point``, inside ``epoch`` after ``point.step`` steps (``"epoch"`` counts finished ones)."""
+    state = {"epoch": epoch + 1, "step": 0, "method": cfg.method, "arch": cfg.arch,
+             "config": json.loads(cfg.to_json()), "num_samples": num_samples, "state_dict": model.state_dict(),
+             "optimizer": optimizer.state_dict(), **provenance()}
+    if point is not None:
+        clusters = point.clusters.to("cpu").state_dict() if point.clusters is not None else None
+        state.update(epoch=epoch, step=point.step, mid_epoch={
+            "clusters": clusters, "sums": point.sums, "rng": point.rng, "loader_rng": point.loader_rng})
     save_torch(state, cfg.run_dir / "last.pt")
-    if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
-        shutil.copyfile(cfg.run_dir / "last.pt", cfg.run_dir / f"checkpoint_{epoch:04d}.pt")
+    if point is None and ((epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs):
+        copy_file(cfg.run_dir / "last.pt", cfg.run_dir / f"checkpoint_{epoch:04d}.pt")
 
 
-def load_checkpoint(cfg: PretrainConfig, model: Method, optimizer, num_samples: int) -> int:
-    """Restore ``last.pt``; the run must continue on the same training images (their count is checked: PCL's
-    clusters, InstDisc's memory bank and the label subset are indexed by image)."""
-    ckpt = torch.load(cfg.run_dir / "last.pt", map_location="cpu", weights_only=False)
+def read_last_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """``last.pt`` of ``run_dir`` or, if it cannot be read or fails its checksums (a damaged file), the newest
+    sound ``checkpoint_<epoch>.pt``, with a warning; a UsageError if there is none."""
+    unreadable = []
+    for path in [run_dir / "last.pt", *sorted(run_dir.glob("checkpoint_*.pt"), reverse=True)]:
+        try:
+            check_crc(path)
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            if not (isinstance(ckpt, dict) and {"epoch", "state_dict", "optimizer"} <= ckpt.keys()):
+                raise ValueError("not a training checkpoint")
+        except Exception as e:  # noqa: BLE001  (truncated zip, flipped bytes, garbage pickle, missing entries)
+            unreadable.append(f"{path.name} ({type(e).__name__})")
+            continue
+        if unreadable:
+            print(f"warning: {', '.join(unreadable)} cannot be read; resuming from {path.name} (after epoch "
+                  f"{ckpt['epoch']})", file=sys.stderr)
+        return ckpt
+    raise UsageError(f"--resume: no readable checkpoint in {run_dir}: {', '.join(unreadable)}; restore one "
+                     f"from a backup, or start again with --overwrite")
+
+
+def load_checkpoint(cfg: PretrainConfig, model: Method, optimizer, num_samples: int) -> ResumePoint:
+    """Restore the run's checkpoint (:func:`read_last_checkpoint`); the run must continue on the same training
+    images (their count is checked: PCL's clusters, InstDisc's memory bank and the label subset are indexed
+    by image). Returns where to continue."""
+    ckpt = read_last_checkpoint(cfg.run_dir)
     if ckpt.get("num_samples", num_samples) != num_samples:
         raise UsageError(f"--resume: {cfg.run_dir} trained on {ckpt['num_samples']} images but the training "
                          f"split now has {num_samples}; restore the dataset as it was (and --skip-corrupt as "
                          f"it was), or start a new run with --name")
     model.load_state_dict(ckpt["state_dict"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    return ckpt["epoch"]
+    mid = ckpt.get("mid_epoch")
+    if not ckpt.get("step") or mid is None:
+        return ResumePoint(ckpt["epoch"])
+    if len(mid["rng"]) != D.world_size():
+        raise UsageError(f"--resume: {cfg.run_dir}/last.pt was written inside an epoch by {len(mid['rng'])} "
+                         f"processes; resume it with as many (torchrun --nproc-per-node)")
+    clusters = ClusterResult(**mid["clusters"]) if mid["clusters"] is not None else None
+    return ResumePoint(ckpt["epoch"], ckpt["step"], clusters, mid["sums"], mid["rng"], mid["loader_rng"])
 
 
 def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResult | None, epoch: int,
                     cfg: PretrainConfig, logger: MetricLogger | None, device: torch.device,
-                    augment: BatchAugment | None = None) -> dict[str, float]:
+                    augment: BatchAugment | None = None, resumed: ResumePoint | None = None,
+                    signals: StopSignals | None = None,
+                    checkpoint: Callable[[ResumePoint], None] | None = None) -> dict[str, float]:
     """One pass over ``loader``; returns the epoch means of every metric the method reports.
 
-    With ``augment``, the loader yields uint8 image batches and each of the method's views is made here."""
+    With ``augment``, the loader yields uint8 image batches and each of the method's views is made here.
+    ``resumed``: continue this epoch after ``resumed.step`` steps. ``checkpoint`` is called with the point
+    reached every ``cfg.save_every_steps`` steps and when ``signals`` holds a stop request (on any rank),
+    after which :class:`Interrupted` is raised."""
     model.train()
-    sums: dict[str, float] = defaultdict(float)
+    first = resumed.step if resumed else 0
+    sums: dict[str, float] = defaultdict(float, resumed.sums if resumed else {})
     steps = len(loader)
     amp, fmt = cfg.amp and device.type == "cuda", memory_format(cfg)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not D.is_main(), mininterval=2,
-               file=sys.stderr, leave=False)
+    if resumed:
+        torch.set_rng_state(resumed.loader_rng[D.rank()])
+    loader_rng = torch.get_rng_state()
+    batches = iter(loader)
+    for _ in range(first):  # replayed, so that the workers' generators advance as they did
+        next(batches)
+    if resumed:
+        set_rng_state(resumed.rng[D.rank()])
+    bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not D.is_main(),
+               mininterval=2, file=sys.stderr, leave=False)
     num_views = getattr(model, "module", model).num_views
-    for step, (views, _, index) in enumerate(bar):
+    for step in range(first, steps):
+        views, _, index = next(batches)
         if augment is not None:  # view by view: one call for all views ran 5 % faster but cost moco_v2 1.5 kNN
             images = views.to(device, non_blocking=True)
             views = [augment(images) for _ in range(num_views)]
@@ -244,9 +321,20 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
             sums[k] += v
         if D.is_main():
             bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+            bar.update()
             if logger and step % cfg.log_every == 0:
                 logger.log("step", step=epoch * steps + step, epoch=epoch,
                            lr=optimizer.param_groups[0]["lr"], **values)
+        if step + 1 == steps or checkpoint is None:
+            continue  # the epoch-end checkpoint follows
+        stop = D.any_rank(signals is not None and signals.requested, device)
+        if stop or (cfg.save_every_steps and (step + 1) % cfg.save_every_steps == 0):
+            checkpoint(ResumePoint(epoch, step + 1, clusters, dict(sums), D.gather_objects(rng_state()),
+                                   D.gather_objects(loader_rng)))
+        if stop:
+            raise signals.stop(f" at epoch {epoch + 1}, step {step + 1} of {steps}; {cfg.run_dir / 'last.pt'} "
+                               f"holds that step: continue with --resume")
+    bar.close()
     return {k: v / steps for k, v in sums.items()}
 
 
@@ -347,7 +435,7 @@ def train(cfg: PretrainConfig, base: Dataset, skipped: list[str], device: torch.
         model.attach_labels(partial_labels(cfg, base), len(base.classes), cfg)
     model = model.to(device, memory_format=memory_format(cfg))
     optimizer = make_optimizer(model, cfg)
-    start_epoch = load_checkpoint(cfg, model, optimizer, len(base)) if cfg.resume else 0
+    start = load_checkpoint(cfg, model, optimizer, len(base)) if cfg.resume else ResumePoint()
     ddp = DistributedDataParallel(model, device_ids=[D.local_rank()] if device.type == "cuda" else None) \
         if D.is_dist() else model
     train_loader, cluster_loader, sampler = make_loaders(cfg, train_set, cluster_set, device)
@@ -355,34 +443,50 @@ def train(cfg: PretrainConfig, base: Dataset, skipped: list[str], device: torch.
     logger = MetricLogger(cfg.run_dir) if D.is_main() else None
     if logger:
         write_json({**json.loads(cfg.to_json()), "provenance": provenance()}, cfg.run_dir / "config.json")
-        logger.truncate_from(start_epoch)
+        logger.truncate_from(start.epoch, start.epoch * len(train_loader) + start.step if start.step else None)
     labels = dataset_labels(base)
-    t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)):
-        seed_epoch(cfg.seed, epoch, D.rank())
-        t0 = time.perf_counter()
-        clusters, timing = None, {}
-        if model.clusters and epoch >= cfg.warmup_epochs:
-            clusters, timing, stats = cluster_epoch(model, cluster_loader, len(base), cfg, device, labels)
-            if logger:
-                logger.log("cluster", epoch=epoch, **timing, granularities=stats)
-                save_torch({"epoch": epoch, **clusters.to("cpu").state_dict()}, cfg.run_dir / "clusters.pt")
-        lr = adjust_learning_rate(optimizer, cfg, epoch)
-        sampler.set_epoch(epoch)
-        t1 = time.perf_counter()
-        means = train_one_epoch(ddp, train_loader, optimizer, clusters, epoch, cfg, logger, device, augment)
-        t2 = time.perf_counter()
+
+    def checkpoint(point: ResumePoint) -> None:  # inside an epoch; every rank gathered its generator states
         if D.is_main():
-            save_checkpoint(cfg, model, optimizer, epoch, len(base))
-            images = len(train_loader) * cfg.batch_size
-            row = {"epoch": epoch, "lr": lr, **means, "epoch_s": t2 - t0, "train_s": t2 - t1,
-                   "estep_s": t1 - t0, "images_per_s": images / (t2 - t1), **timing}
-            logger.log("epoch", **row)
-            print(_epoch_line(row, cfg.epochs), flush=True)
-    summary = {"run_dir": str(cfg.run_dir), "epochs": cfg.epochs, "train_time_s": time.perf_counter() - t_start}
-    if D.is_main() and cfg.final_knn and stop_after is None:
-        summary.update(final_knn(cfg, model, device))
-        write_json(summary, cfg.run_dir / "knn.json")
+            save_checkpoint(cfg, model, optimizer, point.epoch, len(base), point)
+        D.barrier()  # no rank exits before the checkpoint is whole
+
+    t_start = time.perf_counter()
+    with StopSignals() as signals:
+        for epoch in range(start.epoch, cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)):
+            seed_epoch(cfg.seed, epoch, D.rank())
+            resumed = start if epoch == start.epoch and start.step else None
+            t0 = time.perf_counter()
+            clusters, timing = (resumed.clusters, {}) if resumed else (None, {})
+            if resumed is None and model.clusters and epoch >= cfg.warmup_epochs:
+                clusters, timing, stats = cluster_epoch(model, cluster_loader, len(base), cfg, device, labels)
+                if logger:
+                    logger.log("cluster", epoch=epoch, **timing, granularities=stats)
+                    save_torch({"epoch": epoch, **clusters.to("cpu").state_dict()}, cfg.run_dir / "clusters.pt")
+            if clusters is not None:
+                clusters = clusters.to(device)
+            lr = adjust_learning_rate(optimizer, cfg, epoch)
+            sampler.set_epoch(epoch)
+            t1 = time.perf_counter()
+            with signals.deferred():  # a signal now stops the run after the current step, at a checkpoint
+                means = train_one_epoch(ddp, train_loader, optimizer, clusters, epoch, cfg, logger, device, augment,
+                                        resumed, signals, checkpoint)
+                t2 = time.perf_counter()
+                if D.is_main():
+                    save_checkpoint(cfg, model, optimizer, epoch, len(base))
+                    images = (len(train_loader) - (resumed.step if resumed else 0)) * cfg.batch_size
+                    row = {"epoch": epoch, "lr": lr, **means, "epoch_s": t2 - t0, "train_s": t2 - t1,
+                           "estep_s": t1 - t0, "images_per_s": images / (t2 - t1), **timing}
+                    logger.log("epoch", **row)
+                    print(_epoch_line(row, cfg.epochs), flush=True)
+                D.barrier()
+            if signals.requested:  # it came during the epoch's last step or its checkpoint
+                raise signals.stop(f" after epoch {epoch + 1}; continue with --resume")
+        summary = {"run_dir": str(cfg.run_dir), "epochs": cfg.epochs,
+                   "train_time_s": time.perf_counter() - t_start}
+        if D.is_main() and cfg.final_knn and stop_after is None:
+            summary.update(final_knn(cfg, model, device))
+            write_json(summary, cfg.run_dir / "knn.json")
     if logger:
         logger.close()
     return summary
