@@ -298,10 +298,10 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
         next(batches)
     if resumed:
         set_rng_state(resumed.rng[D.rank()])
-    bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not D.is_main(),
-               mininterval=2, file=sys.stderr, leave=False)
+    bar = tqdm(range(first, steps), initial=first, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               disable=not D.is_main(), mininterval=2, file=sys.stderr, leave=False)
     num_views = getattr(model, "module", model).num_views
-    for step in range(first, steps):
+    for step in bar:  # the bar closes (and clears its line) also when a step raises
         views, _, index = next(batches)
         if augment is not None:  # view by view: one call for all views ran 5 % faster but cost moco_v2 1.5 kNN
             images = views.to(device, non_blocking=True)
@@ -321,7 +321,6 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
             sums[k] += v
         if D.is_main():
             bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
-            bar.update()
             if logger and step % cfg.log_every == 0:
                 logger.log("step", step=epoch * steps + step, epoch=epoch,
                            lr=optimizer.param_groups[0]["lr"], **values)
@@ -334,7 +333,6 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
         if stop:
             raise signals.stop(f" at epoch {epoch + 1}, step {step + 1} of {steps}; {cfg.run_dir / 'last.pt'} "
                                f"holds that step: continue with --resume")
-    bar.close()
     return {k: v / steps for k, v in sums.items()}
 
 
