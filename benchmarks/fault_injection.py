@@ -82,18 +82,20 @@ def timed_run(cmd: list[str], env=ENV) -> float:
     return time.perf_counter() - t0
 
 
-def same_run(a: Path, b: Path) -> bool:
-    """Final weights, buffers, optimizer, clusters, kNN and logged metrics bit-identical."""
+def difference(a: Path, b: Path) -> str:
+    """What differs between runs ``a`` and ``b`` ("" if the final weights, buffers, optimizer, clusters, kNN
+    and logged metrics are bit-identical)."""
     ca, cb = (torch.load(d / "last.pt", weights_only=False) for d in (a, b))
     if (ca["epoch"], ca["step"]) != (cb["epoch"], cb["step"]) or not _equal(ca["state_dict"], cb["state_dict"]):
-        return False
+        return "weights"
     if not _equal(ca["optimizer"]["state"], cb["optimizer"]["state"]):
-        return False
+        return "optimizer"
     if (a / "clusters.pt").exists() and not _equal(*(torch.load(d / "clusters.pt", weights_only=False)
                                                      for d in (a, b))):
-        return False
-    knn = [{k: v for k, v in json.loads((d / "knn.json").read_text())["knn"].items()} for d in (a, b)]
-    return knn[0] == knn[1] and _metrics(a) == _metrics(b)
+        return "clusters"
+    if json.loads((a / "knn.json").read_text())["knn"] != json.loads((b / "knn.json").read_text())["knn"]:
+        return "kNN"
+    return "" if _metrics(a) == _metrics(b) else "logged metrics"
 
 
 def _equal(x, y) -> bool:
@@ -125,7 +127,7 @@ def where(run_dir: Path) -> str:
 
 
 def signal_trials(sig: signal.Signals, trials: int, refs: dict, work: Path, rng: random.Random) -> dict:
-    lost, places, codes = 0, Counter(), Counter()
+    failures, places, codes = [], Counter(), Counter()
     for i in range(trials):
         setup = list(SETUPS)[i % len(SETUPS)]
         name = f"{sig.name.lower()}-{i}"
@@ -137,15 +139,19 @@ def signal_trials(sig: signal.Signals, trials: int, refs: dict, work: Path, rng:
             proc.send_signal(sig)
             proc.wait()
         codes[proc.returncode] += 1
-        places[where(work / name)] += 1
+        place = where(work / name)
+        places[place] += 1
         again = ["--resume"] if (work / name).exists() else []  # a kill before the run folder: start it again
         resumed = subprocess.run(pretrain_cmd(work, name, setup, *again), env=ENV, capture_output=True, check=False)
-        ok = resumed.returncode == 0 and same_run(refs[setup]["dir"], work / name)
-        if sig == signal.SIGTERM:  # a signal once training runs must end in a checkpoint and exit 143
-            ok &= proc.returncode in (0, 143, -signal.SIGTERM)
-        lost += not ok
+        problem = difference(refs[setup]["dir"], work / name) if resumed.returncode == 0 else \
+            f"resume exit {resumed.returncode}"
+        if sig == signal.SIGTERM and proc.returncode not in (0, 143, -signal.SIGTERM):
+            problem = f"exit {proc.returncode} on SIGTERM"  # a signal once training runs ends at a checkpoint
+        if problem:
+            failures.append(f"{setup} hit {place}: {problem}")
         shutil.rmtree(work / name)
-    return {"trials": trials, "lost": lost, "note": _counts(places) + "; exit codes " + _counts(codes)}
+    note = _counts(places) + "; exit codes " + _counts(codes)
+    return {"trials": trials, "lost": len(failures), "note": note + "".join(f"; LOST: {f}" for f in failures)}
 
 
 def _counts(c: Counter) -> str:
@@ -170,7 +176,7 @@ def ddp_trials(trials: int, work: Path, rng: random.Random) -> dict:
         waits.append(time.perf_counter() - t0)
         resumed = subprocess.run(pretrain_cmd(work, name, "moco_v2", "--resume", ddp=True), env=env,
                                  capture_output=True, check=False)
-        lost += not (resumed.returncode == 0 and waits[-1] < 60 and same_run(ref, work / name))
+        lost += not (resumed.returncode == 0 and waits[-1] < 60 and not difference(ref, work / name))
         shutil.rmtree(work / name)
     return {"trials": trials, "lost": lost, "note": f"the other rank ended {min(waits):.1f}-{max(waits):.1f} s "
                                                     f"after the kill"}

@@ -358,3 +358,21 @@ def test_skip_corrupt_when_the_first_image_is_broken(tmp_path, capsys):
     assert f"unreadable image {first}" in line
     assert main([*cmd, "--skip-corrupt"]) == 0
     assert all(r == [str(first)] for r in read_rows(tmp_path / "results.jsonl")["skipped"])
+
+
+def test_kill_between_an_epoch_checkpoint_and_its_log_loses_nothing(straight, tmp_path, monkeypatch):
+    """The epoch's record is logged before its checkpoint: a kill between the two retrains the epoch and
+    logs it again, instead of resuming after an epoch whose record is missing."""
+    save = engine.save_checkpoint
+
+    def killed_after_epoch_2(cfg, model, optimizer, epoch, num_samples, point=None):
+        save(cfg, model, optimizer, epoch, num_samples, point)
+        if point is None and epoch == 1:
+            raise Killed
+    monkeypatch.setattr(engine, "save_checkpoint", killed_after_epoch_2)
+    setup = "moco_v2-tensor"
+    with pytest.raises(Killed):
+        pretrain(tmp_path, setup, *SETUPS[setup])
+    monkeypatch.undo()
+    assert pretrain(tmp_path, setup, *SETUPS[setup], "--resume") == 0
+    assert_same_run(straight / setup, tmp_path / setup)

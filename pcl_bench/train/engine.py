@@ -470,12 +470,12 @@ def train(cfg: PretrainConfig, base: Dataset, skipped: list[str], device: torch.
                 means = train_one_epoch(ddp, train_loader, optimizer, clusters, epoch, cfg, logger, device, augment,
                                         resumed, signals, checkpoint)
                 t2 = time.perf_counter()
-                if D.is_main():
-                    save_checkpoint(cfg, model, optimizer, epoch, len(base))
+                if D.is_main():  # logged before the checkpoint: a kill in between retrains and relogs the epoch
                     images = (len(train_loader) - (resumed.step if resumed else 0)) * cfg.batch_size
                     row = {"epoch": epoch, "lr": lr, **means, "epoch_s": t2 - t0, "train_s": t2 - t1,
                            "estep_s": t1 - t0, "images_per_s": images / (t2 - t1), **timing}
                     logger.log("epoch", **row)
+                    save_checkpoint(cfg, model, optimizer, epoch, len(base))
                     print(_epoch_line(row, cfg.epochs), flush=True)
                 D.barrier()
             if signals.requested:  # it came during the epoch's last step or its checkpoint
