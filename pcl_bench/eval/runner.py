@@ -121,7 +121,7 @@ class Evaluation:
     results_dir: Path
     smoke: bool = False
     skip_corrupt: bool = False
-    shared: dict[tuple, Dataset] = field(default_factory=dict)  # splits opened for other evaluations too
+    shared: dict[tuple, Any] = field(default_factory=dict)  # splits opened (and scanned) for other evaluations too
     net: torch.nn.Module | None = None
     info: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, list[str]] = field(default_factory=dict)
@@ -136,8 +136,10 @@ class Evaluation:
                 self.shared[key] = (detection_split(self.dataset, self.data_root, self.splits[w], w == "train")
                                     if key[0] else build_dataset(self.layout, self.data_root, self.splits[w]))
             ds = self.shared[key]
-            if self.skip_corrupt:
-                ds, self.skipped[self.splits[w]] = skip_unreadable(ds, self.workers)
+            if self.skip_corrupt:  # scanned once per split, also in eval all
+                if key + ("skip-corrupt",) not in self.shared:
+                    self.shared[key + ("skip-corrupt",)] = skip_unreadable(ds, self.workers)
+                ds, self.skipped[self.splits[w]] = self.shared[key + ("skip-corrupt",)]
             self._opened[w] = smoke_subset(ds, self.spec.get("per_class", 8)) if self.smoke else ds
         if self.image_size is None and self.protocol != "detection":
             self.image_size = getattr(self._opened[which[0]], "image_size", None)
@@ -320,7 +322,7 @@ PROTOCOLS: dict[str, Protocol] = {
 def plan(protocol: str, dataset: str, data_root: str | None = None, *, spec_file: str | None = None,
          variant: str | None = None, overrides: dict[str, Any] | None = None, smoke: bool = False,
          skip_corrupt: bool = False, results: str | os.PathLike = DEFAULT_PATH, device: str = "auto",
-         workers: int = 2, batch_size: int = 256, opened: dict[tuple, Dataset] | None = None) -> Evaluation:
+         workers: int = 2, batch_size: int = 256, opened: dict[tuple, Any] | None = None) -> Evaluation:
     """Resolve the spec, the splits and the image size of one evaluation and open its splits: every check that
     needs no encoder. ``overrides`` may hold spec entries and ``train_split`` / ``test_split`` / ``image_size``.
     Evaluations planned with one ``opened`` dict open each split once (``eval all``: listing ImageNet takes a
