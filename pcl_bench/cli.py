@@ -57,8 +57,9 @@ SPEC_FLAGS = {
 def _add_eval_parser(sub) -> None:
     from .eval.runner import PROTOCOLS
     ev = sub.add_parser("eval", help="evaluate a checkpoint with one of the paper's protocols")
-    ev.add_argument("protocol", choices=[*PROTOCOLS, "all"],
-                    help="the protocol; 'all' runs every protocol whose spec lists --dataset")
+    ev.add_argument("protocol", choices=[*PROTOCOLS, "all", "grid"],
+                    help="the protocol; 'all' runs every protocol whose spec lists --dataset; 'grid' runs "
+                         "checkpoints x protocols x seeds as jobs (see pcl-bench eval grid -h)")
     ev.add_argument("--dataset", required=True, help="voc07, voc12, shapes-voc, places205, imagenet, imagefolder, "
                                                      "cifar10, shapes, ...")
     ev.add_argument("--data-root", help="dataset root (not needed for shapes and shapes-voc)")
@@ -83,6 +84,51 @@ def _add_eval_parser(sub) -> None:
     for name, (kind, help_text) in {**DATASET_FLAGS, **SPEC_FLAGS}.items():
         ev.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{help_text} [default: the spec's]"
                         if name in SPEC_FLAGS else help_text)
+
+
+def _add_slurm_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("SLURM (--executor slurm; needs pip install 'pcl-bench[slurm]')")
+    group.add_argument("--partition", help="SLURM partition [default: the cluster's]")
+    group.add_argument("--account", help="SLURM account to charge [default: yours]")
+    group.add_argument("--time-min", type=int, default=60, help="time limit per job in minutes [default: 60]")
+    group.add_argument("--cpus-per-task", type=int, help="CPU cores per task [default: the cluster's]")
+
+
+def grid_parser() -> argparse.ArgumentParser:
+    """``pcl-bench eval grid``: its own parser, since it takes several checkpoints and protocols."""
+    from .eval.runner import PROTOCOLS
+    gr = argparse.ArgumentParser(
+        prog="pcl-bench eval grid",
+        description="Evaluate every checkpoint with every protocol and seed, each as one 'pcl-bench eval' job; "
+                    "rows go to one results store, jobs already in it are skipped (a rerun does what is "
+                    "left), and the table of means with 95%% confidence intervals over seeds and paired tests "
+                    "between checkpoints goes to --out.")
+    gr.add_argument("--checkpoints", type=_list_of(str), required=True,
+                    help="comma-separated checkpoints or globs, e.g. 'runs/a/checkpoint_*.pt,runs/b/last.pt' "
+                         "(quote globs), or random:<arch>")
+    gr.add_argument("--protocols", type=_list_of(str),
+                    help=f"comma-separated, of {', '.join(PROTOCOLS)} [default: every protocol whose spec "
+                         f"lists --dataset]")
+    gr.add_argument("--dataset", required=True, help="as for pcl-bench eval")
+    gr.add_argument("--data-root", help="dataset root (not needed for shapes and shapes-voc)")
+    gr.add_argument("--seeds", type=_int_list, help="comma-separated seeds, e.g. 0,1,2, for the protocols whose "
+                                                    "spec has a seed [default: the spec's seed]")
+    gr.add_argument("--arch", help="expected backbone [default: inferred from each checkpoint]")
+    gr.add_argument("--results", default=DEFAULT_STORE, help="results store to append to")
+    gr.add_argument("--out", help="folder for the grid's table and job logs [default: grid/ next to the store]")
+    gr.add_argument("--device", default="auto", help="auto, cpu or cuda (each job)")
+    gr.add_argument("--workers", type=int, default=2, help="data-loading worker processes per job")
+    gr.add_argument("--batch-size", type=int, default=256, help="feature-extraction batch size")
+    gr.add_argument("--skip-corrupt", action="store_true", help="as for pcl-bench eval")
+    for name, (kind, help_text) in DATASET_FLAGS.items():
+        gr.add_argument("--" + name.replace("_", "-"), type=kind, help=help_text)
+    gr.add_argument("--executor", choices=["local", "slurm"], default="local",
+                    help="local: processes on this machine; slurm: one SLURM job each [default: local]")
+    gr.add_argument("--max-parallel", type=int, default=1,
+                    help="local: jobs at once, each with cores / N threads [default: 1]")
+    gr.add_argument("--gpus-per-job", type=int, default=0, help="slurm: GPUs per job [default: 0]")
+    _add_slurm_flags(gr)
+    return gr
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -152,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
                     f"follow the paper's ImageNet recipe.\nMulti-GPU / multi-node: "
                     f"torchrun --nproc-per-node N -m pcl_bench pretrain ...")
     _add_config_flags(pre)
+    launch = pre.add_argument_group("launching")
+    launch.add_argument("--executor", choices=["local", "slurm"], default="local",
+                        help="local: train in this process; slurm: submit the same command as a SLURM job "
+                             "(requeued on preemption, resumed from its last checkpoint) [default: local]")
+    launch.add_argument("--nodes", type=int, default=1, help="slurm: nodes [default: 1]")
+    launch.add_argument("--gpus-per-node", type=int, default=0,
+                        help="slurm: GPUs per node, one training process each [default: 0: one CPU process]")
+    _add_slurm_flags(pre)
     _add_eval_parser(sub)
     rep = sub.add_parser("report", help="rebuild the paper's tables and figures from the results store")
     rep.add_argument("--results", default=DEFAULT_STORE, help="results store to read")
@@ -232,25 +286,115 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote the {info['arch']} backbone of {args.checkpoint} as a torchvision state_dict to {args.out}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _slurm_resources(args: argparse.Namespace, **shape: int):
+    from .runtime.launch import SlurmResources
+    return SlurmResources(partition=args.partition, account=args.account, time_min=args.time_min,
+                          cpus_per_task=args.cpus_per_task, **shape)
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .analysis.seeds import write_seed_tables
+    from .eval.grid import expand_checkpoints, grid_rows, plan_grid, run_grid, stored_keys
+    from .eval.runner import protocols_for
+    from .runtime.launch import require_slurm
+    if args.max_parallel < 1:
+        raise UsageError(f"--max-parallel {args.max_parallel}: give 1 or more")
+    if args.executor == "slurm":
+        require_slurm()
+    out = Path(args.out) if args.out else Path(args.results).parent / "grid"
+    jobs = plan_grid(expand_checkpoints(args.checkpoints), args.protocols or protocols_for(args.dataset),
+                     args.dataset, args.data_root, args.seeds, results=args.results, log_dir=out / "logs",
+                     arch=args.arch, fixed={k: getattr(args, k) for k in DATASET_FLAGS}, device=args.device,
+                     workers=args.workers, batch_size=args.batch_size, skip_corrupt=args.skip_corrupt)
+    done = stored_keys(args.results)
+    todo = [j for j in jobs if j.key not in done]
+    print(f"{len(jobs)} jobs: {len(jobs) - len(todo)} already in {args.results}, {len(todo)} to run", flush=True)
+    slurm = _slurm_resources(args, gpus_per_node=args.gpus_per_job)
+    codes = run_grid(todo, args.executor, args.max_parallel, slurm, out / "slurm") if todo else {}
+    rows = grid_rows(jobs, args.results)
+    rows = rows[rows["class"].fillna("") == ""]  # per-class APs stay in the store
+    if len(rows):
+        stem = out / f"grid_{args.dataset}"
+        print(write_seed_tables(rows.assign(checkpoint=rows["label"], value=rows["mean"].astype(float)),
+                                ["protocol", "setting", "metric"], stem), end="")
+        print(f"wrote {stem}.md, {stem.name}.csv (mean and 95% CI over seeds) and {stem.name}_tests.csv "
+              f"(paired t-tests)")
+    failed = sorted(name for name, code in codes.items() if code)
+    if failed:
+        print(f"pcl-bench: {len(failed)} of {len(todo)} jobs failed ({', '.join(failed)}); their logs are in "
+              f"{out / 'logs'}; run the same command again to retry them", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _submit_pretrain(args: argparse.Namespace, argv: list[str]) -> None:
+    """Submit ``pcl-bench pretrain <argv>`` (without the launching flags) as one SLURM job of ``--nodes`` x
+    ``--gpus-per-node`` processes; submitit's scripts and logs go to ``<out>/<name>.slurm/``."""
+    from .runtime.launch import CommandJob, require_slurm, slurm_executor
+    from .train.engine import config_for_run
+    require_slurm()
+    cfg = config_for_run(_config_overrides(args))  # bad flags stop here, not on the cluster
+    tasks = max(1, args.gpus_per_node)
+    resources = _slurm_resources(args, nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=tasks)
+    folder = cfg.run_dir.parent / f"{cfg.run_dir.name}.slurm"
+    executor = slurm_executor(folder, dataclasses.replace(resources, job_name=f"pcl-bench-{cfg.run_dir.name}"))
+    job = executor.submit(CommandJob(["pretrain", *_without(argv, LAUNCH_FLAGS)], resume_dir=cfg.run_dir))
+    print(f"submitted SLURM job {job.job_id}: {args.nodes} node(s) x {tasks} process(es) training into "
+          f"{cfg.run_dir}; logs: {job.paths.stdout.parent}")
+
+
+# pretrain flags that say where the command runs; the submitted command is the same without them
+LAUNCH_FLAGS = ("executor", "nodes", "gpus_per_node", "partition", "account", "time_min", "cpus_per_task")
+
+
+def _config_overrides(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "command" and k not in LAUNCH_FLAGS}
+
+
+def _without(argv: list[str], flags) -> list[str]:
+    """``argv`` without the options named in ``flags`` (``--flag value`` and ``--flag=value`` forms)."""
+    names = {"--" + f.replace("_", "-") for f in flags}
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in names:
+            skip = True
+        elif token.split("=", 1)[0] not in names:
+            out.append(token)
+    return out
+
+
+def _pretrain(args: argparse.Namespace, argv: list[str]) -> int:
+    from .train.engine import TrainingDiverged, config_for_run, pretrain
+    from .train.interrupt import Interrupted, StopSignals
+    if args.executor == "slurm":
+        _submit_pretrain(args, argv)
+        return 0
     try:
+        with StopSignals():  # a signal during set-up stops at once, with the same message
+            pretrain(config_for_run(_config_overrides(args)))
+    except TrainingDiverged as e:
+        print(f"pcl-bench: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:
+        print(f"pcl-bench: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    grid = argv[:2] == ["eval", "grid"]
+    args = grid_parser().parse_args(argv[2:]) if grid else build_parser().parse_args(argv)
+    try:
+        if grid:
+            return _grid(args)
         if args.command == "pretrain":
-            from .train.engine import TrainingDiverged, config_for_run, pretrain
-            from .train.interrupt import Interrupted, StopSignals
-            overrides = {k: v for k, v in vars(args).items() if k != "command"}
-            try:
-                with StopSignals():  # a signal during set-up stops at once, with the same message
-                    pretrain(config_for_run(overrides))
-            except TrainingDiverged as e:
-                print(f"pcl-bench: {e}", file=sys.stderr)
-                return 1
-            except Interrupted as e:
-                print(f"pcl-bench: {e}", file=sys.stderr)
-                return e.exit_code
-        else:
-            {"eval": _eval, "report": _report, "export": _export, "analyze": _analyze,
-             "sweep": _sweep}[args.command](args)
+            return _pretrain(args, argv[1:])
+        {"eval": _eval, "report": _report, "export": _export, "analyze": _analyze,
+         "sweep": _sweep}[args.command](args)
     except UsageError as e:
         print(f"pcl-bench: error: {one_line(e)}", file=sys.stderr)
         return 2

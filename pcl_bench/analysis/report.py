@@ -206,17 +206,21 @@ def per_class_frame(measured: pd.DataFrame) -> pd.DataFrame:
     return frame[[c for c in frame.columns if (frame[c] != "").any()]]
 
 
-def to_markdown(frame: pd.DataFrame, title: str, caption: str) -> str:
-    """A pipe table with padded columns, readable as plain text in a terminal."""
-    rows = [list(frame.columns)] + frame.astype(str).values.tolist()
+def pipe_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a markdown pipe table with padded columns, readable as plain text in a terminal."""
+    rows = [list(map(str, frame.columns))] + frame.astype(str).values.tolist()
     widths = [max(len(r[i]) for r in rows) for i in range(len(frame.columns))]
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([f"## {title}", "", caption, PREAMBLE, "", line(rows[0]), rule,
-                      *map(line, rows[1:])]) + "\n"
+    return "\n".join([line(rows[0]), rule, *map(line, rows[1:])]) + "\n"
+
+
+def to_markdown(frame: pd.DataFrame, title: str, caption: str) -> str:
+    """A titled table of the report: title, caption, the preamble, then :func:`pipe_table`."""
+    return "\n".join([f"## {title}", "", caption, PREAMBLE, "", pipe_table(frame)])
 
 
 # ---------------------------------------------------------------------------------------------- figures

@@ -357,16 +357,23 @@ def run(ev: Evaluation, checkpoint: str, arch: str | None = None, label: str | N
     net, ev.info = load_encoder(checkpoint, arch, ev.spec.get("seed", 0))
     ev.net = net.to(ev.device)
     found = PROTOCOLS[ev.protocol].run(ev)
-    params = {k: v for k, v in ev.spec.items() if k not in ("datasets", "protocol", "variant", "paper")}
-    params["image_size"] = ev.image_size
     rows = [make_row(method=label or ev.info["method"], checkpoint=str(checkpoint),
-                     checkpoint_sha256=ev.info["sha256"], arch=ev.info["arch"], dataset=ev.dataset,
-                     train_split=ev.splits["train"], test_split=ev.splits["test"] if "test" in ev._opened else "",
-                     protocol=ev.protocol, variant=str(ev.spec.get("variant", "")), params=params,
+                     checkpoint_sha256=ev.info["sha256"], arch=ev.info["arch"], **identity(ev),
                      skipped=sorted(p for paths in ev.skipped.values() for p in paths), **r) for r in found]
     if not ev.smoke:
         append_rows(rows, results)
     return rows
+
+
+def identity(ev: Evaluation) -> dict[str, Any]:
+    """The row fields that say what was evaluated, besides the checkpoint: dataset, splits, protocol, variant and
+    every setting (``params``: the resolved spec and the image size). Equal for every run of the same
+    evaluation, so ``eval grid`` finds the jobs already in the store by them."""
+    params = {k: v for k, v in ev.spec.items() if k not in ("datasets", "protocol", "variant", "paper")}
+    params["image_size"] = ev.image_size
+    return {"dataset": ev.dataset, "train_split": ev.splits["train"],
+            "test_split": ev.splits["test"] if "test" in ev._opened else "", "protocol": ev.protocol,
+            "variant": str(ev.spec.get("variant", "")), "params": params}
 
 
 def evaluate(protocol: str, dataset: str, checkpoint: str, data_root: str | None = None, *,

@@ -80,6 +80,12 @@ def append_rows(rows: list[dict[str, Any]], path: str | os.PathLike = DEFAULT_PA
             raise
 
 
+def canonical(value: Any) -> str:
+    """``value`` as JSON with sorted keys, values written as the store writes them: equal for a value and the
+    same value read back from the store."""
+    return json.dumps(value, sort_keys=True, default=_plain)
+
+
 def _plain(value: Any) -> Any:
     """JSON form of values json does not know: NumPy / torch scalars as numbers, anything else as text."""
     return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else str(value)
