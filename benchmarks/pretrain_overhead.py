@@ -28,6 +28,21 @@ def mean(rows: list[dict[str, float]], key: str) -> float:
     return sum(r.get(key, 0.0) for r in rows) / len(rows)
 
 
+def train_both(settings: dict) -> dict[str, list[dict[str, float]]]:
+    """Train moco_v2 then pcl_v2 with ``settings`` (config fields) in a temporary folder; returns each run's
+    epoch records. Both get pcl_v2's queue length, so that the ratio measures only what PCL adds, and pcl_v2
+    no warm-up, so that every epoch clusters."""
+    queue = resolve({"method": "pcl_v2", **settings}).queue
+    rows = {}
+    with tempfile.TemporaryDirectory() as out:
+        for method in ("moco_v2", "pcl_v2"):
+            cfg = resolve({**settings, "method": method, "queue": queue, "warmup_epochs": 0, "out": out,
+                           "name": method, "final_knn": False, "save_every": 10**6})
+            pretrain(cfg)
+            rows[method] = read_epochs(cfg.run_dir)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="shapes")
@@ -39,18 +54,8 @@ def main() -> None:
     parser.add_argument("--output", default="benchmarks/results/pretrain_overhead.json")
     args = parser.parse_args()
 
-    rows = {}
-    # one queue length for both, so that the ratio measures only what PCL adds
-    queue = resolve({"method": "pcl_v2", "dataset": args.dataset}).queue
-    with tempfile.TemporaryDirectory() as out:
-        for method in ("moco_v2", "pcl_v2"):
-            cfg = resolve({"method": method, "dataset": args.dataset, "data_root": args.data_root,
-                           "epochs": args.epochs, "subset_per_class": args.subset_per_class, "queue": queue,
-                           "warmup_epochs": 0, "device": args.device, "workers": args.workers, "out": out,
-                           "name": method, "final_knn": False, "save_every": 10**6})
-            pretrain(cfg)
-            rows[method] = read_epochs(cfg.run_dir)
-
+    rows = train_both({"dataset": args.dataset, "data_root": args.data_root, "epochs": args.epochs,
+                       "subset_per_class": args.subset_per_class, "device": args.device, "workers": args.workers})
     moco, pcl = rows["moco_v2"], rows["pcl_v2"]
     t_moco, t_pcl = mean(moco, "epoch_s"), mean(pcl, "epoch_s")
     ratio = t_pcl / t_moco

@@ -112,6 +112,11 @@ class PretrainConfig:
     amp: bool = _f(True, "bfloat16 autocast on GPU (ignored on CPU)")
     channels_last: bool = _f(True, "train in the channels-last (NHWC) memory format, which oneDNN and cuDNN "
                                    "convolutions prefer; --no-channels-last keeps PyTorch's default NCHW")
+    data_on_device: bool = _f(True, "with --aug-backend tensor: hold the training images (uint8, decoded once "
+                                    "and cached on disk) and the E-step's centre crops on the training device; "
+                                    "--no-data-on-device reads them through the loader each epoch (equal results)")
+    fused_updates: bool = _f(True, "momentum encoder update as one torch._foreach_lerp_ over all parameters "
+                                   "(--no-fused-updates: one lerp_ per parameter tensor; equal results)")
     knn_k: int = _f(20, "final check: number of neighbours of the weighted kNN")
     knn_t: float = _f(0.07, "final check: kNN temperature, weights exp(sim / t)")
     final_knn: bool = _f(True, "after training, print kNN accuracy of the backbone next to a random encoder's")

@@ -37,9 +37,10 @@ def images(b: int, size: int = 8, seed: int = 0) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- momentum
 
-def test_momentum_update_exact_and_bn_buffers_untouched():
+@pytest.mark.parametrize("fused", [True, False])
+def test_momentum_update_exact_and_bn_buffers_untouched(fused):
     """theta_k <- m theta_k + (1-m) theta_q for every parameter; the key encoder's BN buffers stay its own."""
-    model = MomentumContrast(tiny_encoder(), dim=DIM, queue_len=8, momentum=0.9)
+    model = MomentumContrast(tiny_encoder(), dim=DIM, queue_len=8, momentum=0.9, fused=fused)
     with torch.no_grad():
         for p in model.encoder_q.parameters():
             p.add_(torch.randn_like(p))
@@ -55,6 +56,23 @@ def test_momentum_update_exact_and_bn_buffers_untouched():
     assert torch.equal(model.encoder_k[1].running_mean, torch.full((4,), -3.0))
     assert torch.equal(model.encoder_k[1].running_var, torch.full((4,), 2.0))
     assert torch.equal(model.encoder_q[1].running_mean, torch.full((4,), 5.0))
+
+
+def test_fused_momentum_update_equals_the_per_tensor_one():
+    """torch._foreach_lerp_ over a ResNet-18's 62 parameter tensors = one lerp_ per tensor, step after step."""
+    fused = MomentumContrast(build_encoder("resnet18", dim=DIM, stem="small"), dim=DIM, queue_len=8,
+                             momentum=0.99, fused=True)
+    plain = copy.deepcopy(fused)
+    plain.fused = False
+    for step in range(3):
+        with torch.no_grad():
+            for a, b in zip(fused.encoder_q.parameters(), plain.encoder_q.parameters()):
+                a.add_(torch.randn(a.shape, generator=torch.Generator().manual_seed(step)))
+                b.copy_(a)
+        fused.momentum_update()
+        plain.momentum_update()
+    for a, b in zip(fused.encoder_k.parameters(), plain.encoder_k.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # equal up to float rounding (exact on a CPU)
 
 
 def test_key_encoder_gets_no_gradient():
@@ -85,6 +103,18 @@ def test_enqueue_writes_columns_and_wraps():
     torch.testing.assert_close(model.queue[:, 4:6], k2.T)
     torch.testing.assert_close(model.queue[:, 0:2], k1.T)
     assert int(model.queue_ptr) == 0  # (4 + 2) % 6
+
+
+def test_enqueue_matches_slice_writes_over_many_steps():
+    """The device-side pointer writes the same columns as slicing at a host-side pointer (the reference)."""
+    model = MomentumContrast(bn_free_encoder(), dim=DIM, queue_len=12)
+    reference, ptr = model.queue.clone(), 0
+    for step in range(7):
+        k = F.normalize(torch.randn(4, DIM, generator=torch.Generator().manual_seed(step)), dim=1)
+        model.enqueue(k)
+        reference[:, ptr: ptr + 4] = k.T
+        ptr = (ptr + 4) % 12
+    assert torch.equal(model.queue, reference) and int(model.queue_ptr) == ptr
 
 
 def test_queue_length_must_be_multiple_of_batch():

@@ -254,3 +254,24 @@ def test_a_method_from_outside_the_package_trains(tmp_path):
     assert epoch["loss"] > 0
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert ckpt["method"] == "byol_example" and any(k.startswith("predictor.") for k in ckpt["state_dict"])
+
+
+def test_step_metrics_sum_on_the_device_as_the_host_did():
+    """Summing on the device in float64 gives the sums of the per-step float32 values read one by one (the
+    former per-step .item() path), bit for bit, also continuing from a resume's sums; a NaN is reported with
+    its step at the next read."""
+    gen = torch.Generator().manual_seed(0)
+    steps = [{"loss": torch.rand((), generator=gen) * 5, "acc_inst": torch.rand((), generator=gen) * 100}
+             for _ in range(50)]
+    host = {"loss": 1.25, "acc_inst": 3.5}
+    metrics = engine.StepMetrics(dict(host))
+    for i, out in enumerate(steps):
+        metrics.add(out, i)
+        for k, v in out.items():
+            host[k] += v.float().item()
+    assert metrics.sums() == host
+    assert metrics.read("at epoch 1", "last.pt", 0) == {k: v.item() for k, v in steps[-1].items()}
+    metrics.add({"loss": torch.tensor(float("inf")), "acc_inst": torch.tensor(1.0)}, 50)
+    metrics.add({"loss": torch.tensor(1.0), "acc_inst": torch.tensor(1.0)}, 51)
+    with pytest.raises(engine.TrainingDiverged, match="loss became inf at epoch 1, step 51;"):
+        metrics.read("at epoch 1", "last.pt", 0)

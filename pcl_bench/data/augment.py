@@ -87,11 +87,11 @@ def pretrain_transform(kind: str, size: int = 224, min_scale: float = 0.2) -> T.
     return T.Compose([*ops, T.ToTensor(), normalize])
 
 
+def eval_crop(size: int = 224) -> T.Compose:
+    """Resize to ``size * 256/224`` then centre-crop ``size`` (PIL images in and out)."""
+    return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size)])
+
+
 def eval_transform(size: int = 224) -> T.Compose:
-    """Resize to ``size * 256/224`` then centre-crop ``size``: the clustering and evaluation transform."""
-    return T.Compose([
-        T.Resize(round(size * 256 / 224)),
-        T.CenterCrop(size),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    """:func:`eval_crop`, then to a normalised float tensor: the clustering and evaluation transform."""
+    return T.Compose([*eval_crop(size).transforms, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

@@ -26,14 +26,14 @@ class PCL(MomentumContrast):
     clusters = True
 
     def __init__(self, encoder, dim: int = 128, queue_len: int = 16384, momentum: float = 0.999,
-                 temperature: float = 0.2, proto_negatives: int = 16384):
-        super().__init__(encoder, dim, queue_len, momentum, temperature)
+                 temperature: float = 0.2, proto_negatives: int = 16384, fused: bool = True):
+        super().__init__(encoder, dim, queue_len, momentum, temperature, fused)
         self.proto_loss = ProtoNCE(proto_negatives)
 
     @classmethod
     def from_config(cls, cfg, num_samples: int):
         return cls(encoder_from_config(cfg), cfg.dim, cfg.queue, cfg.moco_m, cfg.temperature,
-                   cfg.proto_negatives)
+                   cfg.proto_negatives, cfg.fused_updates)
 
     @classmethod
     def check(cls, cfg, num_samples: int, num_classes: int | None, local_batch: int) -> None:

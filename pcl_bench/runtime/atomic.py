@@ -53,6 +53,10 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
     write_text(json.dumps(obj, indent=2, default=str) + "\n", path)
 
 
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    _replace_with(Path(path), lambda f: np.save(f, array))
+
+
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """An uncompressed ``.npz`` of ``arrays``."""
     _replace_with(Path(path), lambda f: np.savez(f, **arrays))

@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,11 @@ from tqdm import tqdm
 
 from ..config import PretrainConfig, fit_smoke_clusters, resolve, set_world, smoke_config, validate
 from ..data import balanced_subset, build_dataset, with_transform
-from ..data.augment import TwoCropsTransform, eval_transform, pretrain_transform
+from ..data.augment import TwoCropsTransform, eval_crop, eval_transform, pretrain_transform
 from ..data.batch_augment import BatchAugment
 from ..data.corrupt import skip_unreadable
 from ..data.subsets import load_or_draw_subset
+from ..data.tensor_cache import DeviceBatches, DeviceEvalBatches, cached_images
 from ..eval.features import extract_features
 from ..eval.knn import knn_accuracy
 from ..methods import METHODS, Method, build_method
@@ -58,7 +59,7 @@ from .interrupt import StopSignals, ignore_in_worker
 
 # Flags that may change when a run is resumed; any other flag must match the run's saved config.
 RESUMABLE = {"epochs", "workers", "device", "log_every", "save_every", "save_every_steps", "final_knn", "resume",
-             "amp", "channels_last", "kmeans_backend"}
+             "amp", "channels_last", "kmeans_backend", "fused_updates", "data_on_device"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -188,14 +189,29 @@ def training_set(cfg: PretrainConfig, base: Dataset, size: int, num_views: int) 
     return with_transform(base, TwoCropsTransform(aug) if num_views == 2 else aug), None
 
 
-def make_loaders(cfg: PretrainConfig, train_set: Dataset, cluster_set: Dataset, device: torch.device):
+def make_loaders(cfg: PretrainConfig, base: Dataset, train_set: Dataset, size: int, device: torch.device):
+    """The training batches, the E-step's batches (through :func:`on_device` with ``--data-on-device``) and the
+    training sampler, whose ``set_epoch`` reshuffles."""
     local_b = cfg.batch_size // D.world_size()
     sampler = DistributedSampler(train_set, D.world_size(), D.rank(), shuffle=True, seed=cfg.seed, drop_last=True)
+    shard = D.ShardSampler(len(base), D.rank(), D.world_size())
+    if cfg.aug_backend == "tensor" and cfg.data_on_device:
+        return *on_device(cfg, base, size, device, sampler, shard), sampler
     common = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda", "worker_init_fn": _worker_init}
     train_loader = DataLoader(train_set, local_b, sampler=sampler, drop_last=True, **common)
-    cluster_loader = DataLoader(cluster_set, local_b * 5, sampler=D.ShardSampler(len(cluster_set), D.rank(),
-                                                                                  D.world_size()), **common)
+    cluster_loader = DataLoader(with_transform(base, eval_transform(size)), local_b * 5, sampler=shard, **common)
     return train_loader, cluster_loader, sampler
+
+
+def on_device(cfg: PretrainConfig, base: Dataset, size: int, device: torch.device, sampler, shard):
+    """Training and E-step batches of the uint8 images held on ``device`` (:mod:`pcl_bench.data.tensor_cache`);
+    the one-time decode uses the loader processes, or every core if training uses none."""
+    workers = cfg.workers or min(8, os.cpu_count() or 1)
+    targets = torch.as_tensor(np.asarray(base.targets)).to(device)
+    images = cached_images(base, None, workers).to(device)
+    crops = cached_images(base, eval_crop(size), workers).to(device)
+    local_b = cfg.batch_size // D.world_size()
+    return DeviceBatches(images, targets, sampler, local_b), DeviceEvalBatches(crops, targets, shard, local_b * 5)
 
 
 def _worker_init(_: int) -> None:
@@ -287,7 +303,7 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
     after which :class:`Interrupted` is raised."""
     model.train()
     first = resumed.step if resumed else 0
-    sums: dict[str, float] = defaultdict(float, resumed.sums if resumed else {})
+    metrics = StepMetrics(resumed.sums if resumed else {})
     steps = len(loader)
     amp, fmt = cfg.amp and device.type == "cuda", memory_format(cfg)
     if resumed:
@@ -312,28 +328,67 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
-        values = {k: D.all_reduce_mean(v.detach().float()).item() for k, v in out.items()}
-        if not math.isfinite(values["loss"]):
-            raise TrainingDiverged(
-                f"loss became {values['loss']} at epoch {epoch + 1}, step {step + 1}; the run stopped and "
-                f"{cfg.run_dir / 'last.pt'} keeps the last good state (epoch {epoch}); lower --lr and --resume")
-        for k, v in values.items():
-            sums[k] += v
-        if D.is_main():
-            bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
-            if logger and step % cfg.log_every == 0:
+        metrics.add(out, step)
+        logged = step % cfg.log_every == 0
+        if logged or step + 1 == steps:  # the only points where a step waits for the device
+            values = metrics.read(f"at epoch {epoch + 1}", cfg.run_dir / "last.pt", epoch)
+            if D.is_main():
+                bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+            if logged and logger and D.is_main():
                 logger.log("step", step=epoch * steps + step, epoch=epoch,
                            lr=optimizer.param_groups[0]["lr"], **values)
         if step + 1 == steps or checkpoint is None:
             continue  # the epoch-end checkpoint follows
-        stop = D.any_rank(signals is not None and signals.requested, device)
+        stop = D.any_rank(signals is not None and signals.requested, device)  # a wait only under DDP
         if stop or (cfg.save_every_steps and (step + 1) % cfg.save_every_steps == 0):
-            checkpoint(ResumePoint(epoch, step + 1, clusters, dict(sums), D.gather_objects(rng_state()),
+            metrics.read(f"at epoch {epoch + 1}", cfg.run_dir / "last.pt", epoch)  # never save a diverged state
+            checkpoint(ResumePoint(epoch, step + 1, clusters, metrics.sums(), D.gather_objects(rng_state()),
                                    D.gather_objects(loader_rng)))
         if stop:
             raise signals.stop(f" at epoch {epoch + 1}, step {step + 1} of {steps}; {cfg.run_dir / 'last.pt'} "
                                f"holds that step: continue with --resume")
-    return {k: v / steps for k, v in sums.items()}
+    return {k: v / steps for k, v in metrics.sums().items()}
+
+
+class StepMetrics:
+    """The metrics of each step, summed on the device (float64, all ranks averaged), so that a step only
+    launches work: the host reads them (:meth:`read`, :meth:`sums`) at logging and checkpoint steps.
+
+    ``start``: the sums of the steps before a resume. A non-finite loss is remembered with its step and
+    raised as :class:`TrainingDiverged` at the next read.
+    """
+
+    def __init__(self, start: dict[str, float]):
+        self.start, self.names = dict(start), None
+        self.total = self.last = self.first_bad = self.bad_loss = None
+
+    def add(self, out: dict[str, torch.Tensor], step: int) -> None:
+        if self.names is None:
+            self.names = list(out)
+        values = D.all_reduce_mean(torch.stack([out[k].detach().float() for k in self.names]))
+        if self.total is None:
+            self.total = torch.tensor([self.start.get(k, 0.0) for k in self.names], dtype=torch.float64,
+                                      device=values.device)
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=values.device)
+            self.bad_loss = torch.zeros((), device=values.device)
+        self.total += values.double()
+        self.last = values
+        loss = values[self.names.index("loss")]
+        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, step, self.first_bad)
+        self.bad_loss = torch.where(bad, loss, self.bad_loss)
+
+    def read(self, where: str, last_pt: Path, epoch: int) -> dict[str, float]:
+        """The last step's metrics on the host; raises TrainingDiverged if a loss so far was NaN or Inf."""
+        bad = int(self.first_bad)
+        if bad >= 0:
+            raise TrainingDiverged(
+                f"loss became {float(self.bad_loss)} {where}, step {bad + 1}; the run stopped and {last_pt} keeps "
+                f"the last good state (epoch {epoch}); lower --lr and --resume")
+        return dict(zip(self.names, self.last.tolist()))
+
+    def sums(self) -> dict[str, float]:
+        return dict(self.start) if self.total is None else dict(zip(self.names, self.total.tolist()))
 
 
 def cluster_epoch(model: Method, cluster_loader, n: int, cfg: PretrainConfig, device, labels) -> tuple:
@@ -425,7 +480,6 @@ def train(cfg: PretrainConfig, base: Dataset, skipped: list[str], device: torch.
     size = image_size(cfg, base)
     method_cls = METHODS[cfg.method]
     train_set, augment = training_set(cfg, base, size, method_cls.num_views)
-    cluster_set = with_transform(base, eval_transform(size))
 
     seed_epoch(cfg.seed, 0, 0)  # identical initial weights and queue on every rank
     model = build_method(cfg, len(base))
@@ -436,7 +490,7 @@ def train(cfg: PretrainConfig, base: Dataset, skipped: list[str], device: torch.
     start = load_checkpoint(cfg, model, optimizer, len(base)) if cfg.resume else ResumePoint()
     ddp = DistributedDataParallel(model, device_ids=[D.local_rank()] if device.type == "cuda" else None) \
         if D.is_dist() else model
-    train_loader, cluster_loader, sampler = make_loaders(cfg, train_set, cluster_set, device)
+    train_loader, cluster_loader, sampler = make_loaders(cfg, base, train_set, size, device)
 
     logger = MetricLogger(cfg.run_dir) if D.is_main() else None
     if logger:
