@@ -15,7 +15,6 @@ and caches the images), or the only epoch.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from pretrain_overhead import train_both  # this folder is on sys.path when run as a script
+from pretrain_overhead import train_both, training_parser  # this folder is on sys.path when run as a script
 from short_run_probe import parse_set
 
 from pcl_bench.config import resolve, set_world
@@ -70,12 +69,7 @@ def later_mean(rows: list[dict[str, float]], key: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="shapes")
-    parser.add_argument("--data-root")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--subset-per-class", type=int)
+    parser = training_parser(__doc__, epochs=3)
     parser.add_argument("--quick", action="store_true", help="120 images per class, 2 epochs, 10 ceiling steps")
     parser.add_argument("--ceiling-steps", type=int, default=20)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

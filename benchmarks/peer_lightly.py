@@ -14,7 +14,6 @@ each backbone after the same epochs, through this suite's kNN (k = 20, t = 0.07)
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from pretrain_overhead import training_parser  # this folder is on sys.path when run as a script
 from torch.utils.data import DataLoader
 
 from pcl_bench.config import resolve, set_world
@@ -99,12 +99,7 @@ def train_lightly(cfg, device: torch.device, workers: int) -> tuple[torch.nn.Mod
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="shapes")
-    parser.add_argument("--data-root")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--subset-per-class", type=int)
+    parser = training_parser(__doc__, epochs=5)
     parser.add_argument("--quick", action="store_true", help="120 images per class, 2 epochs")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="lightly's loader processes")
     parser.add_argument("--output", help="JSON of the figures [default: benchmarks/results/peer_lightly_<device>"

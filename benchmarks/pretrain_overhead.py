@@ -43,13 +43,19 @@ def train_both(settings: dict) -> dict[str, list[dict[str, float]]]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def training_parser(doc: str, epochs: int) -> argparse.ArgumentParser:
+    """The options of the benchmarks that pretrain: --dataset, --data-root, --device, --epochs, --subset-per-class."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="shapes")
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--subset-per-class", type=int, default=None)
+    parser.add_argument("--data-root")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--subset-per-class", type=int)
+    return parser
+
+
+def main() -> None:
+    parser = training_parser(__doc__, epochs=2)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--output", default="benchmarks/results/pretrain_overhead.json")
     args = parser.parse_args()
