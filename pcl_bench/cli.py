@@ -101,7 +101,7 @@ def grid_parser() -> argparse.ArgumentParser:
         prog="pcl-bench eval grid",
         description="Evaluate every checkpoint with every protocol and seed, each as one 'pcl-bench eval' job; "
                     "rows go to one results store, jobs already in it are skipped (a rerun does what is "
-                    "left), and the table of means with 95%% confidence intervals over seeds and paired tests "
+                    "left), and the table of means with 95% confidence intervals over seeds and paired tests "
                     "between checkpoints goes to --out.")
     gr.add_argument("--checkpoints", type=_list_of(str), required=True,
                     help="comma-separated checkpoints or globs, e.g. 'runs/a/checkpoint_*.pt,runs/b/last.pt' "

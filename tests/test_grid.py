@@ -38,7 +38,7 @@ def tiny(tmp_path_factory) -> Path:
 
 def grid_cmd(root: Path, store: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pcl_bench", "eval", "grid", "--checkpoints", CHECKPOINTS, "--protocols",
-            "knn,ami", "--dataset", "imagefolder", "--data-root", str(root), "--results", str(store),
+            "ami", "--dataset", "imagefolder", "--data-root", str(root), "--results", str(store),
             "--workers", "0", "--seeds", "0,1", *extra]
 
 
@@ -59,7 +59,7 @@ def result_counts(store: Path) -> Counter:
 
 def test_killed_grid_resumes_with_the_remaining_jobs_and_writes_each_row_once(tiny, tmp_path):
     store = tmp_path / "results.jsonl"
-    # 2 checkpoints x (knn once, ami with 2 seeds) = 6 jobs; kill the grid after the first
+    # 2 checkpoints x 2 seeds of AMI = 4 jobs; kill the grid after the first
     grid = subprocess.Popen(grid_cmd(tiny, store), env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     deadline = time.monotonic() + 180
@@ -76,16 +76,16 @@ def test_killed_grid_resumes_with_the_remaining_jobs_and_writes_each_row_once(ti
     rerun = run(grid_cmd(tiny, store, "--max-parallel", "2"))
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     first_line = rerun.stdout.splitlines()[0]
-    assert first_line.startswith("6 jobs: ") and "to run" in first_line and not first_line.endswith(" 0 to run")
+    assert first_line.startswith("4 jobs: ") and "to run" in first_line and not first_line.endswith(" 0 to run")
     assert int(first_line.split(": ")[1].split()[0]) >= 1  # the jobs finished before the kill were skipped
     counts = result_counts(store)
     assert set(counts.values()) == {1}, "a result was written twice"
-    assert len({k[0] for k in counts}) == 6
+    assert len({k[0] for k in counts}) == 4
     table = (tmp_path / "grid" / "grid_imagefolder.md").read_text()
     assert "random:resnet18:small" in table and "± " in table and "(2)" in table  # two seeds: an interval
 
     again = run(grid_cmd(tiny, store))
-    assert again.returncode == 0 and again.stdout.startswith("6 jobs: 6 already in")
+    assert again.returncode == 0 and again.stdout.startswith("4 jobs: 4 already in")
     assert result_counts(store) == counts
 
 

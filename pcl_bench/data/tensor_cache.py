@@ -71,8 +71,10 @@ class DeviceBatches:
         return len(self.sampler) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        _draw_loader_seed()
-        order = torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.images.device)
+        _draw_loader_seed()  # when the iterator is made, as a DataLoader does
+        return self._batches(torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.images.device))
+
+    def _batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for b in range(len(self)):
             index = order[b * self.batch_size: (b + 1) * self.batch_size]
             yield self.images[index], self.targets[index], index
@@ -94,6 +96,9 @@ class DeviceEvalBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         _draw_loader_seed()
+        return self._batches()
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for index in self.indices.split(self.batch_size):
             x = self.images[index].float().div(255)
             yield x.sub_(self.mean).div_(self.std), self.targets[index], index
