@@ -193,8 +193,13 @@ def set_world(cfg: PretrainConfig, world_size: int) -> None:
     if cfg.workers is None and cfg.aug_backend == "tensor":
         cfg.workers = 0
     elif cfg.workers is None:
-        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        cfg.workers = max(1, min(8, (os.cpu_count() or 1) // processes_here))
+        cfg.workers = cores_per_process(world_size)
+
+
+def cores_per_process(world_size: int) -> int:
+    """This node's CPU cores shared among its training processes, between 1 and 8."""
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return max(1, min(8, (os.cpu_count() or 1) // processes_here))
 
 
 def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes: int | None = None) -> None:

@@ -108,8 +108,7 @@ def plan_grid(checkpoints: Sequence[str], protocols: Sequence[str], dataset: str
                 argv += ["--skip-corrupt"] if skip_corrupt else []
                 for name, value in fixed.items():
                     argv += ["--" + name.replace("_", "-"), str(value)]
-                name = _slug(f"{Path(checkpoint).parent.name}_{Path(checkpoint).stem}_{sha[:8]}_{protocol}"
-                             + ("" if seed is None else f"_seed{seed}"))
+                name = _slug(f"{names[checkpoint]}_{sha[:8]}_{protocol}" + ("" if seed is None else f"_seed{seed}"))
                 jobs.append(GridJob(Job(name, tuple(argv), log_dir / f"{name}.log"), checkpoint,
                                     names[checkpoint], sha, protocol, seed, row_key(sha, fields)))
     return jobs

@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,15 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision.transforms import PILToTensor
 from tqdm import tqdm
 
-from ..config import PretrainConfig, fit_smoke_clusters, resolve, set_world, smoke_config, validate
+from ..config import (
+    PretrainConfig,
+    cores_per_process,
+    fit_smoke_clusters,
+    resolve,
+    set_world,
+    smoke_config,
+    validate,
+)
 from ..data import balanced_subset, build_dataset, with_transform
 from ..data.augment import TwoCropsTransform, eval_crop, eval_transform, pretrain_transform
 from ..data.batch_augment import BatchAugment
@@ -196,21 +204,20 @@ def make_loaders(cfg: PretrainConfig, base: Dataset, train_set: Dataset, size: i
     sampler = DistributedSampler(train_set, D.world_size(), D.rank(), shuffle=True, seed=cfg.seed, drop_last=True)
     shard = D.ShardSampler(len(base), D.rank(), D.world_size())
     if cfg.aug_backend == "tensor" and cfg.data_on_device:
-        return *on_device(cfg, base, size, device, sampler, shard), sampler
+        return *on_device(cfg, base, size, device, sampler, shard, local_b), sampler
     common = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda", "worker_init_fn": _worker_init}
     train_loader = DataLoader(train_set, local_b, sampler=sampler, drop_last=True, **common)
     cluster_loader = DataLoader(with_transform(base, eval_transform(size)), local_b * 5, sampler=shard, **common)
     return train_loader, cluster_loader, sampler
 
 
-def on_device(cfg: PretrainConfig, base: Dataset, size: int, device: torch.device, sampler, shard):
+def on_device(cfg: PretrainConfig, base: Dataset, size: int, device: torch.device, sampler, shard, local_b: int):
     """Training and E-step batches of the uint8 images held on ``device`` (:mod:`pcl_bench.data.tensor_cache`);
-    the one-time decode uses the loader processes, or every core if training uses none."""
-    workers = cfg.workers or min(8, os.cpu_count() or 1)
+    the one-time decode uses the loader processes, or this process's share of the cores if training uses none."""
+    workers = cfg.workers or cores_per_process(D.world_size())
     targets = torch.as_tensor(np.asarray(base.targets)).to(device)
     images = cached_images(base, None, workers).to(device)
     crops = cached_images(base, eval_crop(size), workers).to(device)
-    local_b = cfg.batch_size // D.world_size()
     return DeviceBatches(images, targets, sampler, local_b), DeviceEvalBatches(crops, targets, shard, local_b * 5)
 
 
@@ -304,6 +311,7 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
     model.train()
     first = resumed.step if resumed else 0
     metrics = StepMetrics(resumed.sums if resumed else {})
+    read_metrics = partial(metrics.read, f"at epoch {epoch + 1}", cfg.run_dir / "last.pt", epoch)
     steps = len(loader)
     amp, fmt = cfg.amp and device.type == "cuda", memory_format(cfg)
     if resumed:
@@ -331,7 +339,7 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
         metrics.add(out, step)
         logged = step % cfg.log_every == 0
         if logged or step + 1 == steps:  # the only points where a step waits for the device
-            values = metrics.read(f"at epoch {epoch + 1}", cfg.run_dir / "last.pt", epoch)
+            values = read_metrics()
             if D.is_main():
                 bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
             if logged and logger and D.is_main():
@@ -341,7 +349,7 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
             continue  # the epoch-end checkpoint follows
         stop = D.any_rank(signals is not None and signals.requested, device)  # a wait only under DDP
         if stop or (cfg.save_every_steps and (step + 1) % cfg.save_every_steps == 0):
-            metrics.read(f"at epoch {epoch + 1}", cfg.run_dir / "last.pt", epoch)  # never save a diverged state
+            read_metrics()  # never save a diverged state
             checkpoint(ResumePoint(epoch, step + 1, clusters, metrics.sums(), D.gather_objects(rng_state()),
                                    D.gather_objects(loader_rng)))
         if stop:
