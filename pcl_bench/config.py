@@ -22,7 +22,7 @@ from typing import Any
 
 from .data import default_splits
 from .data.augment import AUGMENTATIONS
-from .data.batch_augment import AUG_BACKENDS, FIXED_SIZE_DATASETS
+from .data.batch_augment import AUG_BACKENDS
 from .methods import DATASET_PRESETS, PRESETS, method_class
 from .models import ARCHS, HEADS, STEMS
 from .runtime.errors import UsageError
@@ -59,8 +59,8 @@ class PretrainConfig:
     crop_min_scale: float = _f(0.2, "smallest RandomResizedCrop area fraction (reference: 0.2; larger values "
                                     "ease very short CPU runs)")
     aug_backend: str = _f("pil", "'pil': torchvision transforms image by image in the loader workers (the reference); "
-                                 "'tensor': the same augmentations batched on the training device (fixed-size "
-                                 "datasets: shapes, cifar10, cifar100, stl10), cheaper for small images")
+                                 "'tensor': the same augmentations batched on the training device (datasets "
+                                 "of equal-size images, checked before training), cheaper for small images")
     # optimisation
     epochs: int = _f(200, "number of epochs")
     batch_size: int = _f(256, "global batch size, summed over all processes")
@@ -213,10 +213,6 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
         if getattr(cfg, key) not in allowed:
             raise UsageError(f"unknown --{key.replace('_', '-')} {getattr(cfg, key)!r}; "
                              f"choose one of {', '.join(sorted(allowed))}")
-    if cfg.aug_backend == "tensor" and cfg.dataset not in FIXED_SIZE_DATASETS:
-        raise UsageError(f"--aug-backend tensor batches images before augmenting them, so it needs a dataset of "
-                         f"equal-size images ({', '.join(FIXED_SIZE_DATASETS)}); use --aug-backend pil for "
-                         f"{cfg.dataset}")
     if cfg.batch_size % world_size:
         raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes")
     if cfg.batch_size > num_samples:

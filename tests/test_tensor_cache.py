@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 import torch
 from fixtures import write_imagefolder
+from PIL import Image
 from test_pretrain import _state, run_cli
 from torch.utils.data import DataLoader
 from torchvision.transforms import PILToTensor
 
+from pcl_bench.cli import main
 from pcl_bench.data import build_dataset
 from pcl_bench.data.augment import eval_crop, eval_transform
-from pcl_bench.data.tensor_cache import DeviceBatches, DeviceEvalBatches, cached_images
+from pcl_bench.data.tensor_cache import DeviceBatches, DeviceEvalBatches, cached_images, check_fits
+from pcl_bench.runtime.errors import UsageError
 from pcl_bench.runtime.paths import cache_dir
 
 
@@ -68,3 +71,22 @@ def test_training_on_device_equals_the_loader_path(tmp_path):
     assert all(torch.equal(opt_a[k]["momentum_buffer"], opt_b[k]["momentum_buffer"]) for k in opt_a)
     ca, cb = (torch.load(tmp_path / n / "clusters.pt", weights_only=False) for n in ("device", "loader"))
     assert all(torch.equal(a, b) for a, b in zip(ca["im2cluster"], cb["im2cluster"]))
+
+
+def test_an_imagefolder_of_mixed_sizes_is_refused_before_training(tmp_path, capsys):
+    """--aug-backend tensor stacks the images: a tree with two sizes stops at once, naming one file of each."""
+    written = write_imagefolder(tmp_path / "data", splits=("train", "test"), classes=("a", "b"), n=8, size=24)
+    odd = written["train"][-1][0]
+    Image.new("RGB", (30, 24)).save(odd)
+    args = ["pretrain", "--dataset", "imagefolder", "--data-root", str(tmp_path / "data"), "--aug-backend",
+            "tensor", "--arch", "resnet18", "--batch-size", "8", "--out", str(tmp_path / "runs")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "24x24" in err and f"{odd} is 30x24" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_that_cannot_fit_on_the_device_is_refused():
+    check_fits(10, [(3, 32, 32)], torch.device("cpu"))
+    with pytest.raises(UsageError, match="--no-data-on-device"):
+        check_fits(10**9, [(3, 256, 256), (3, 224, 224)], torch.device("cpu"))

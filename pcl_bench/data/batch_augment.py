@@ -16,7 +16,7 @@ Every random parameter is drawn per image from the distribution of the torchvisi
 
 Deliberate differences from PIL: values stay float between ops (PIL rounds to uint8 after each), the blur
 is an exact Gaussian with replicated borders (PIL approximates it with box blurs), and resampling differs at
-the sub-pixel level. Only fixed-size in-memory datasets can be batched before augmentation.
+the sub-pixel level. Only datasets of equal-size images can be batched before augmentation.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from .augment import (
 )
 
 AUG_BACKENDS = ("pil", "tensor")
-FIXED_SIZE_DATASETS = ("shapes", "cifar10", "cifar100", "stl10")  # in-memory arrays of one image size
+FIXED_SIZE_DATASETS = ("shapes", "cifar10", "cifar100", "stl10")  # arrays of one image size: nothing to check
 LUMA = (0.299, 0.587, 0.114)
 RATIO = (3 / 4, 4 / 3)
 

@@ -1,10 +1,12 @@
-"""Fixed-size image datasets held on the training device as one uint8 tensor, for training and the E-step.
+"""Datasets of equal-size images held on the training device as one uint8 tensor, for training and the E-step.
 
 With ``--aug-backend tensor`` the views are made from whole batches on the device; with the images there too
 (``--data-on-device``, the default then), a training step reads no file and waits for no loader process. The
 uint8 images (N, 3, H, W) are decoded once through the dataset's own reader into
 ``$PCL_BENCH_CACHE/tensors/<hash>.npy`` (keyed by the data's fingerprint and the transform) and read from there
-on later runs: CIFAR-10's 50,000 training images take 150 MB, `shapes` 61 MB. The E-step's images are cached
+on later runs: CIFAR-10's 50,000 training images take 150 MB, `shapes` 61 MB. Any dataset qualifies whose
+images share one size (CIFAR, STL-10, `shapes`, an ImageFolder such as CIFAR-10 or Tiny-ImageNet stored as
+files; :func:`check_equal_size`) and fit in half the device's memory (:func:`check_fits`). The E-step's images are cached
 the same way after its PIL resize and centre crop; the conversion to float and the normalisation then run on
 the device with the same float operations as ``ToTensor`` and ``Normalize``.
 
@@ -16,19 +18,24 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Compose, PILToTensor
 from tqdm import tqdm
 
 from ..runtime.atomic import save_npy
+from ..runtime.errors import UsageError
 from ..runtime.paths import cache_dir
 from . import with_transform
 from .augment import IMAGENET_MEAN, IMAGENET_STD
+from .batch_augment import FIXED_SIZE_DATASETS
+from .corrupt import DECODE_ERRORS
 from .fingerprint import fingerprint
 
 
@@ -52,6 +59,44 @@ def cached_images(ds: Dataset, transform=None, workers: int = 0) -> torch.Tensor
     array = torch.cat(batches).numpy()
     save_npy(path, array)
     return torch.from_numpy(array)
+
+
+def check_equal_size(ds: Dataset, name: str) -> None:
+    """Raise UsageError unless every image of ``ds`` (dataset ``name``) has one size, read from the file headers
+    (about 20 s per 100,000 files; ``FIXED_SIZE_DATASETS`` are known to pass). Batched augmentation and
+    the image cache stack the images, so they must all be alike; an unreadable header is left to decoding."""
+    if name in FIXED_SIZE_DATASETS:
+        return
+    if not hasattr(ds, "path"):
+        raise UsageError(f"--aug-backend tensor needs images of one size, which {name} does not promise; use "
+                         f"--aug-backend pil")
+    first = None
+    for i in tqdm(range(len(ds)), desc="checking image sizes", leave=False, mininterval=2, delay=2):
+        try:
+            with Image.open(ds.path(i)) as img:  # reads the header only
+                size = img.size
+        except DECODE_ERRORS:
+            continue
+        if first is None:
+            first = (size, ds.path(i))
+        elif size != first[0]:
+            raise UsageError(f"--aug-backend tensor needs images of one size, but {first[1]} is "
+                             f"{first[0][0]}x{first[0][1]} and {ds.path(i)} is {size[0]}x{size[1]}; use "
+                             f"--aug-backend pil for {name}, or resize the images to one size")
+
+
+def check_fits(images: int, shapes: Sequence[tuple[int, ...]], device: torch.device) -> None:
+    """Raise UsageError if ``images`` uint8 images of each of ``shapes`` (C, H, W) would take more than half of
+    ``device``'s memory (a CUDA device's total, or the RAM available now)."""
+    need = images * sum(math.prod(s) for s in shapes)
+    if device.type == "cuda":
+        have, where = torch.cuda.mem_get_info(device)[1], f"the memory of {device}"
+    else:
+        have, where = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "the free RAM"
+    if need > have / 2:
+        raise UsageError(f"--data-on-device: {images:,} images take {need / 2**30:.1f} GiB, more than half of "
+                         f"{where} ({have / 2**30:.1f} GiB); pass --no-data-on-device (the loader then reads "
+                         f"them every epoch) or --aug-backend pil")
 
 
 def _draw_loader_seed() -> None:

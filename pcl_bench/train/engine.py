@@ -48,7 +48,7 @@ from ..data.augment import TwoCropsTransform, eval_crop, eval_transform, pretrai
 from ..data.batch_augment import BatchAugment
 from ..data.corrupt import skip_unreadable
 from ..data.subsets import load_or_draw_subset
-from ..data.tensor_cache import DeviceBatches, DeviceEvalBatches, cached_images
+from ..data.tensor_cache import DeviceBatches, DeviceEvalBatches, cached_images, check_equal_size, check_fits
 from ..eval.features import extract_features
 from ..eval.knn import knn_accuracy
 from ..methods import METHODS, Method, build_method
@@ -214,6 +214,8 @@ def make_loaders(cfg: PretrainConfig, base: Dataset, train_set: Dataset, size: i
 def on_device(cfg: PretrainConfig, base: Dataset, size: int, device: torch.device, sampler, shard, local_b: int):
     """Training and E-step batches of the uint8 images held on ``device`` (:mod:`pcl_bench.data.tensor_cache`);
     the one-time decode uses the loader processes, or this process's share of the cores if training uses none."""
+    width, height = base[0][0].size
+    check_fits(len(base), [(3, height, width), (3, size, size)], device)
     workers = cfg.workers or cores_per_process(D.world_size())
     targets = torch.as_tensor(np.asarray(base.targets)).to(device)
     images = cached_images(base, None, workers).to(device)
@@ -441,6 +443,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     base, skipped = load_split(cfg, cfg.train_split)
     if cfg.final_knn:  # checked now, not after days of training
         load_split(cfg, cfg.test_split)
+    if cfg.aug_backend == "tensor":
+        check_equal_size(base, cfg.dataset)
     try:
         validate(cfg, len(base), D.world_size(), num_classes=len(base.classes))
     except UsageError as problem:
