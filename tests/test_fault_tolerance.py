@@ -289,9 +289,10 @@ def test_concurrent_processes_extract_a_cache_entry_once(tmp_path):
 
 def test_a_killed_ddp_rank_ends_the_run_and_it_resumes(tmp_path):
     """torchrun, 2 gloo processes; SIGKILL to one of them in epoch 2: the whole run ends within a minute (no
-    hang), and --resume with 2 processes completes the run."""
+    hang), and --resume with 2 processes completes the run: ShuffleBN across the ranks, E-steps gathered from
+    both."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
-           "-m", "pcl_bench", "pretrain", *TINY, "--bn-splits", "1", "--method", "moco_v2", *RUN,
+           "-m", "pcl_bench", "pretrain", *TINY, "--bn-splits", "1", "--method", "pcl_v2", *RUN,
            "--out", str(tmp_path), "--name", "ddp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -308,7 +309,10 @@ def test_a_killed_ddp_rank_ends_the_run_and_it_resumes(tmp_path):
     assert proc.returncode != 0 and time.monotonic() - t0 < 60
     res = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["epoch"] == 3
+    ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    assert ckpt["config"]["bn_splits"] == 1 and ckpt["epoch"] == 3
+    clusters = torch.load(tmp_path / "ddp" / "clusters.pt", weights_only=False)
+    assert clusters["epoch"] == 2 and [t.numel() for t in clusters["im2cluster"]] == [120, 120]  # no padding
 
 
 def test_enospc_inside_torch_save_is_a_disk_full(tmp_path, monkeypatch):
