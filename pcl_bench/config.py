@@ -110,6 +110,8 @@ class PretrainConfig:
     seed: int = _f(0, "random seed; every epoch's randomness derives from (seed, epoch, rank)")
     device: str = _f("auto", "'auto' (cuda if available), 'cuda' or 'cpu'")
     amp: bool = _f(True, "bfloat16 autocast on GPU (ignored on CPU)")
+    estep_amp: bool = _f(True, "with --amp: the E-step's feature pass in bfloat16 autocast too (--no-estep-amp: "
+                               "float32 features, as the reference)")
     channels_last: bool = _f(True, "train in the channels-last (NHWC) memory format, which oneDNN and cuDNN "
                                    "convolutions prefer; --no-channels-last keeps PyTorch's default NCHW")
     data_on_device: bool = _f(True, "with --aug-backend tensor: hold the training images (uint8, decoded once "

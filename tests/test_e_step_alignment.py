@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pcl_bench.models.encoders import build_encoder
 from pcl_bench.runtime import distributed as D
 from pcl_bench.runtime.distributed import ShardSampler
 from pcl_bench.train.e_step import compute_features
@@ -99,3 +100,15 @@ def test_training_index_looks_up_own_cluster():
     for i in seen:
         img = IndexImages()[i][0].unsqueeze(0)
         torch.testing.assert_close(feats[i], F.normalize(ValueEncoder()(img), dim=1)[0])
+
+
+def test_bfloat16_feature_pass_is_close_to_float32():
+    """--estep-amp: the encoder runs under bfloat16 autocast; the normalised features stay close to float32's."""
+    torch.manual_seed(0)
+    enc = build_encoder("resnet18", 128, stem="small")
+    images = torch.randn(12, 3, 16, 16)
+    loader = [(images[:8], torch.zeros(8), torch.arange(8)), (images[8:], torch.zeros(4), torch.arange(8, 12))]
+    full = compute_features(enc, loader, 12, torch.device("cpu"))
+    half = compute_features(enc, loader, 12, torch.device("cpu"), amp=True)
+    assert half.dtype == torch.float32 and not torch.equal(full, half)
+    assert (full * half).sum(dim=1).min() > 0.99  # cosine similarity of unit rows

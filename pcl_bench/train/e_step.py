@@ -3,6 +3,7 @@
 1. Feature pass: the momentum encoder ``encoder_k`` in eval mode over the centre-cropped *training* set (same
    images, same order as training, so ``im2cluster[index]`` aligns with the training loader), L2-normalised,
    head included. Each rank embeds its shard; rows are gathered by dataset index, with no padding duplicates.
+   On a GPU it runs in bfloat16 as training does (``--estep-amp``; the reference: float32).
 2. k-means, once on global rank 0 and broadcast: for each granularity m, L2 k-means with 20 iterations,
    5 restarts keeping the lowest objective, random-point initialisation with seed m (the same every epoch),
    at most 1000 points per centroid (:mod:`pcl_bench.train.kmeans`: faiss as in the reference, or the same
@@ -43,16 +44,20 @@ class ClusterResult:
 
 
 @torch.no_grad()
-def compute_features(encoder: nn.Module, loader: DataLoader, n: int, device: torch.device) -> torch.Tensor:
+def compute_features(encoder: nn.Module, loader: DataLoader, n: int, device: torch.device,
+                     amp: bool = False) -> torch.Tensor:
     """L2-normalised ``encoder`` outputs of all ``n`` samples, (n, D) float32 on CPU, on every rank.
 
-    ``loader`` yields ``(images, target, index)`` over this rank's shard (a :class:`ShardSampler`).
+    ``loader`` yields ``(images, target, index)`` over this rank's shard (a :class:`ShardSampler`). ``amp``:
+    the encoder runs under bfloat16 autocast (the outputs are normalised in float32).
     """
     was_training = encoder.training
     encoder.eval()
     feats, idxs = [], []
     for images, _, index in loader:
-        feats.append(nn.functional.normalize(encoder(images.to(device, non_blocking=True)).float(), dim=1))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = encoder(images.to(device, non_blocking=True))
+        feats.append(nn.functional.normalize(out.float(), dim=1))
         idxs.append(index.to(device))
     encoder.train(was_training)
     local_f, local_i = torch.cat(feats), torch.cat(idxs)
@@ -108,14 +113,16 @@ def broadcast_result(result: ClusterResult | None, n: int, dim: int, num_cluster
 
 
 def e_step(encoder: nn.Module, loader: DataLoader, n: int, num_cluster: list[int], temperature: float,
-           device: torch.device, **kmeans_kwargs) -> tuple[ClusterResult, torch.Tensor, dict[str, float]]:
-    """Feature pass on every rank, k-means on rank 0, broadcast. Returns (result, features, timings).
+           device: torch.device, amp: bool = False,
+           **kmeans_kwargs) -> tuple[ClusterResult, torch.Tensor, dict[str, float]]:
+    """Feature pass on every rank (under bfloat16 autocast with ``amp``), k-means on rank 0, broadcast.
+    Returns (result, features, timings).
 
     ``features`` (n, D) CPU are returned for clustering statistics. Timings: feature_s, kmeans_s, phi_s.
     ``kmeans_kwargs`` go to :func:`run_kmeans`; its torch backend runs on ``device``.
     """
     t0 = time.perf_counter()
-    features = compute_features(encoder, loader, n, device)
+    features = compute_features(encoder, loader, n, device, amp)
     timing = {"feature_s": time.perf_counter() - t0}
     result = None
     if D.is_main():

@@ -67,7 +67,7 @@ from .interrupt import StopSignals, ignore_in_worker
 
 # Flags that may change when a run is resumed; any other flag must match the run's saved config.
 RESUMABLE = {"epochs", "workers", "device", "log_every", "save_every", "save_every_steps", "final_knn", "resume",
-             "amp", "channels_last", "kmeans_backend", "fused_updates", "data_on_device"}
+             "amp", "estep_amp", "channels_last", "kmeans_backend", "fused_updates", "data_on_device"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -403,8 +403,9 @@ class StepMetrics:
 
 def cluster_epoch(model: Method, cluster_loader, n: int, cfg: PretrainConfig, device, labels) -> tuple:
     """The E-step, with its statistics; returns (clusters, timings, statistics or None off rank 0)."""
+    amp = cfg.amp and cfg.estep_amp and device.type == "cuda"
     clusters, _, timing = e_step(
-        model.clustering_encoder, cluster_loader, n, cfg.num_cluster, cfg.temperature, device,
+        model.clustering_encoder, cluster_loader, n, cfg.num_cluster, cfg.temperature, device, amp=amp,
         alpha=cfg.concentration_alpha, niter=cfg.kmeans_iters, nredo=cfg.kmeans_restarts,
         fixed_concentration=cfg.concentration == "fixed", backend=cfg.kmeans_backend)
     stats = cluster_statistics(clusters, labels) if D.is_main() else None
