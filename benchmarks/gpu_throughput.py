@@ -12,6 +12,7 @@ and caches the images), or the only epoch.
     python benchmarks/gpu_throughput.py --device cpu --quick          # shapes, 1,200 images (~3 min on 2 cores)
     python benchmarks/gpu_throughput.py --dataset imagefolder --data-root ../shared/data/cifar10 \
         --set stem=small --set batch_size=512 --epochs 3                 # CIFAR-10 on a GPU
+    (add --set compile=true to measure torch.compile, --set estep_amp=false for a float32 E-step)
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from pcl_bench.methods import build_method
 from pcl_bench.runtime.atomic import write_text
 from pcl_bench.runtime.device import resolve_device
 from pcl_bench.runtime.provenance import machine, provenance
-from pcl_bench.train.engine import memory_format
+from pcl_bench.train.engine import compile_encoders, memory_format
 
 
 def sync(device: torch.device) -> None:
@@ -45,6 +46,8 @@ def ceiling(settings: dict, steps: int) -> float:
     device = resolve_device(cfg.device)
     fmt, amp = memory_format(cfg), cfg.amp and device.type == "cuda"
     model = build_method(cfg, 1000).to(device, memory_format=fmt).train()
+    if cfg.compile:  # --set compile=true: the ceiling is compiled too
+        compile_encoders(model)
     images = [torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
               .contiguous(memory_format=fmt) for _ in range(2)]
     times = []

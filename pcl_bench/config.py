@@ -119,6 +119,9 @@ class PretrainConfig:
                                     "--no-data-on-device reads them through the loader each epoch (equal results)")
     fused_updates: bool = _f(True, "momentum encoder update as one torch._foreach_lerp_ over all parameters "
                                    "(--no-fused-updates: one lerp_ per parameter tensor; equal results)")
+    compile: bool = _f(False, "compile the encoders with torch.compile (in place: checkpoints do not change); "
+                              "steps get faster after a compilation of a minute or more in the first steps and "
+                              "again in the first E-step (on a CPU it needs a C++ compiler)")
     knn_k: int = _f(20, "final check: number of neighbours of the weighted kNN")
     knn_t: float = _f(0.07, "final check: kNN temperature, weights exp(sim / t)")
     final_knn: bool = _f(True, "after training, print kNN accuracy of the backbone next to a random encoder's")

@@ -1,4 +1,5 @@
 """The pretraining engine end to end on tiny `shapes` runs: CLI, run folder, resume, DDP, errors, E-step flags."""
+import copy
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import torch
 
 from pcl_bench.cli import main
 from pcl_bench.config import SCALE_PRESETS, resolve, set_world, validate
-from pcl_bench.runtime.errors import UsageError
+from pcl_bench.methods import build_method
 from pcl_bench.train import engine
 
 # 120 images at 32 px, batch 16: a few seconds per epoch on 2 CPU cores.
@@ -153,10 +154,29 @@ def test_aug_backends_train_and_resume_exactly(tmp_path, method, backend):
     assert [e["epoch"] for e in records(tmp_path / "resumed", "epoch")] == [0, 1]
 
 
-def test_tensor_aug_backend_needs_equal_size_images():
-    cfg = resolve({"dataset": "imagenet", "aug_backend": "tensor"})
-    with pytest.raises(UsageError, match="--aug-backend pil for imagenet"):
-        validate(cfg, 1_281_167, 8)
+@pytest.mark.slow  # compiling a ResNet-18's forward and backward takes minutes on a CPU
+def test_compiled_encoders_step_like_eager_ones():
+    """--compile compiles the encoders in place: the same state_dict keys, and a moco_v2 step's loss and
+    gradients equal the eager step's up to float rounding."""
+    cfg = resolve({"method": "moco_v2", "arch": "resnet18", "image_size": 32, "batch_size": 16, "queue": 32,
+                   "bn_splits": 2})
+    set_world(cfg, 1)
+    torch.manual_seed(0)
+    eager = build_method(cfg, 100)
+    compiled = copy.deepcopy(eager)
+    engine.compile_encoders(compiled)
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    views, index = [torch.randn(16, 3, 32, 32) for _ in range(2)], torch.arange(16)
+    losses = []
+    for model in (eager, compiled):
+        torch.manual_seed(1)  # the same key shuffle
+        loss = model(views, index)["loss"]
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        if a.grad is not None:
+            assert (a.grad - b.grad).norm() <= 1e-3 * a.grad.norm(), name
 
 
 def test_existing_run_folder_and_resume_conflicts(tmp_path, capsys):

@@ -67,7 +67,8 @@ from .interrupt import StopSignals, ignore_in_worker
 
 # Flags that may change when a run is resumed; any other flag must match the run's saved config.
 RESUMABLE = {"epochs", "workers", "device", "log_every", "save_every", "save_every_steps", "final_knn", "resume",
-             "amp", "estep_amp", "channels_last", "kmeans_backend", "fused_updates", "data_on_device"}
+             "amp", "estep_amp", "channels_last", "kmeans_backend", "fused_updates", "data_on_device",
+             "compile"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -226,6 +227,14 @@ def on_device(cfg: PretrainConfig, base: Dataset, size: int, device: torch.devic
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers decode and augment; the main process owns the cores for compute
     ignore_in_worker()
+
+
+def compile_encoders(model: Method) -> None:
+    """``--compile``: the query encoder and the key encoder (where the method has one), each compiled in place
+    by ``torch.compile``, so the modules, their ``state_dict`` keys and the momentum update stay as they are."""
+    for name in ("encoder_q", "encoder_k"):
+        if hasattr(model, name):
+            getattr(model, name).compile()
 
 
 def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, fused: bool = True) -> torch.optim.SGD:
@@ -499,6 +508,8 @@ def train(cfg: PretrainConfig, base: Dataset, skipped: list[str], device: torch.
     if model.uses_labels:
         model.attach_labels(partial_labels(cfg, base), len(base.classes), cfg)
     model = model.to(device, memory_format=memory_format(cfg))
+    if cfg.compile:
+        compile_encoders(model)
     optimizer = make_optimizer(model, cfg)
     start = load_checkpoint(cfg, model, optimizer, len(base)) if cfg.resume else ResumePoint()
     ddp = DistributedDataParallel(model, device_ids=[D.local_rank()] if device.type == "cuda" else None) \
