@@ -23,6 +23,7 @@ from typing import Any
 from .data import default_splits
 from .data.augment import AUGMENTATIONS
 from .data.batch_augment import AUG_BACKENDS
+from .data.device_decode import DECODERS
 from .methods import DATASET_PRESETS, PRESETS, method_class
 from .models import ARCHS, HEADS, STEMS
 from .runtime.errors import UsageError
@@ -61,6 +62,9 @@ class PretrainConfig:
     aug_backend: str = _f("pil", "'pil': torchvision transforms image by image in the loader workers (the reference); "
                                  "'tensor': the same augmentations batched on the training device (datasets "
                                  "of equal-size images, checked before training), cheaper for small images")
+    decode: str = _f("pil", "'pil': images decoded in the loader processes; 'device' (with --aug-backend tensor): the "
+                            "loader processes only read the files and each batch of JPEGs is decoded on the "
+                            "training device (nvJPEG on a GPU), for image files too many to hold there (ImageNet)")
     # optimisation
     epochs: int = _f(200, "number of epochs")
     batch_size: int = _f(256, "global batch size, summed over all processes")
@@ -114,7 +118,7 @@ class PretrainConfig:
                                "float32 features, as the reference)")
     channels_last: bool = _f(True, "train in the channels-last (NHWC) memory format, which oneDNN and cuDNN "
                                    "convolutions prefer; --no-channels-last keeps PyTorch's default NCHW")
-    data_on_device: bool = _f(True, "with --aug-backend tensor: hold the training images (uint8, decoded once "
+    data_on_device: bool = _f(True, "with --aug-backend tensor and --decode pil: hold the training images (uint8, decoded once "
                                     "and cached on disk) and the E-step's centre crops on the training device; "
                                     "--no-data-on-device reads them through the loader each epoch (equal results)")
     fused_updates: bool = _f(True, "momentum encoder update as one torch._foreach_lerp_ over all parameters "
@@ -187,7 +191,7 @@ def resolve(overrides: dict[str, Any]) -> PretrainConfig:
 
 def set_world(cfg: PretrainConfig, world_size: int) -> None:
     """Fill in what depends on the machine, the number of processes and the dataset: ``bn_splits`` 0 means 8
-    alone and off under torchrun; ``workers`` None means none with ``aug_backend='tensor'`` (the loader then
+    alone and off under torchrun; ``workers`` None means none with ``aug_backend='tensor'`` and ``decode='pil'`` (the loader then
     only wraps in-memory arrays, and starting worker processes every epoch costs more: 1-2 s of an 18 s
     shapes epoch on 2 cores), else the node's CPU cores per training process, between 1 and 8;
     ``test_split`` None means the dataset's own test split."""
@@ -195,7 +199,7 @@ def set_world(cfg: PretrainConfig, world_size: int) -> None:
         cfg.test_split = default_splits(cfg.dataset, cfg.data_root)[1]
     if cfg.bn_splits == 0:
         cfg.bn_splits = 8 if world_size == 1 else 1
-    if cfg.workers is None and cfg.aug_backend == "tensor":
+    if cfg.workers is None and cfg.aug_backend == "tensor" and cfg.decode == "pil":
         cfg.workers = 0
     elif cfg.workers is None:
         cfg.workers = cores_per_process(world_size)
@@ -212,12 +216,15 @@ def validate(cfg: PretrainConfig, num_samples: int, world_size: int, num_classes
     The generic ones here, then the method's own (:meth:`pcl_bench.methods.Method.check`); ``num_classes``
     (of the training set) lets CLOP check that its prototypes fit in ``--dim``."""
     choices = {"arch": ARCHS, "stem": STEMS, "head": HEADS, "aug": AUGMENTATIONS, "concentration": CONCENTRATIONS,
-               "kmeans_backend": KMEANS_BACKENDS, "aug_backend": AUG_BACKENDS}
+               "kmeans_backend": KMEANS_BACKENDS, "aug_backend": AUG_BACKENDS, "decode": DECODERS}
     method = method_class(cfg)  # with the CLOP term mixed in under --clop
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise UsageError(f"unknown --{key.replace('_', '-')} {getattr(cfg, key)!r}; "
                              f"choose one of {', '.join(sorted(allowed))}")
+    if cfg.decode == "device" and cfg.aug_backend != "tensor":
+        raise UsageError("--decode device leaves the images on the device, where only the batched augmentation "
+                         "can reach them; add --aug-backend tensor")
     if cfg.batch_size % world_size:
         raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes")
     if cfg.batch_size > num_samples:

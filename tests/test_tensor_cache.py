@@ -79,7 +79,8 @@ def test_an_imagefolder_of_mixed_sizes_is_refused_before_training(tmp_path, caps
     odd = written["train"][-1][0]
     Image.new("RGB", (30, 24)).save(odd)
     args = ["pretrain", "--dataset", "imagefolder", "--data-root", str(tmp_path / "data"), "--aug-backend",
-            "tensor", "--arch", "resnet18", "--batch-size", "8", "--out", str(tmp_path / "runs")]
+            "tensor", "--method", "moco_v2", "--arch", "resnet18", "--batch-size", "8", "--bn-splits", "2", "--out",
+            str(tmp_path / "runs")]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "24x24" in err and f"{odd} is 30x24" in err, err

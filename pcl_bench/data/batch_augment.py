@@ -47,9 +47,12 @@ def _uniform(n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor
     return torch.rand(n, device=device) * (hi - lo) + lo
 
 
-def crop_boxes(n: int, height: int, width: int, min_scale: float, device: torch.device,
-               tries: int = 10) -> torch.Tensor:
-    """RandomResizedCrop boxes (n, 4) as (x1, y1, x2, y2) pixel edges, drawn as torchvision draws them."""
+def crop_boxes(n: int, height: int | torch.Tensor, width: int | torch.Tensor, min_scale: float,
+               device: torch.device, tries: int = 10) -> torch.Tensor:
+    """RandomResizedCrop boxes (n, 4) as (x1, y1, x2, y2) pixel edges, drawn as torchvision draws them, in images
+    of one size (``height``, ``width`` ints) or each of its own (two (n,) tensors)."""
+    height = torch.as_tensor(height, dtype=torch.float32, device=device).expand(n)[:, None]
+    width = torch.as_tensor(width, dtype=torch.float32, device=device).expand(n)[:, None]
     area = height * width * _uniform(n * tries, min_scale, 1.0, device).view(n, tries)
     ratio = torch.exp(_uniform(n * tries, math.log(RATIO[0]), math.log(RATIO[1]), device)).view(n, tries)
     w, h = torch.sqrt(area * ratio).round(), torch.sqrt(area / ratio).round()
@@ -57,18 +60,22 @@ def crop_boxes(n: int, height: int, width: int, min_scale: float, device: torch.
     first = ok.float().argmax(dim=1, keepdim=True)  # the first try that fits
     w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], ok.any(dim=1)
     # No try fitted: the whole image, cut to the nearest allowed aspect ratio, centred.
+    height, width = height[:, 0], width[:, 0]
     in_ratio = width / height
-    fw = width if in_ratio <= RATIO[1] else round(height * RATIO[1])
-    fh = height if in_ratio >= RATIO[0] else round(width / RATIO[0])
-    w = torch.where(found, w, torch.full_like(w, fw))
-    h = torch.where(found, h, torch.full_like(h, fh))
+    fw = torch.where(in_ratio <= RATIO[1], width, (height * RATIO[1]).round())
+    fh = torch.where(in_ratio >= RATIO[0], height, (width / RATIO[0]).round())
+    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
     x = torch.where(found, (torch.rand(n, device=device) * (width - w + 1)).floor(), (width - w) // 2)
     y = torch.where(found, (torch.rand(n, device=device) * (height - h + 1)).floor(), (height - h) // 2)
     return torch.stack([x, y, x + w, y + h], dim=1)
 
 
-def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Float crops (N, C, size, size) in [0, 1] of uint8 ``images`` (N, C, H, W) at ``boxes`` (N, 4)."""
+def resized_crops(images: torch.Tensor | list[torch.Tensor], boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Float crops (N, C, size, size) in [0, 1] of uint8 ``images`` (N, C, H, W), or a list of N (C, H_i, W_i),
+    at ``boxes`` (N, 4)."""
+    if isinstance(images, list):  # one call per image: padding them to one size would cost memory
+        return torch.cat([roi_align(img[None].float() / 255, [box[None]], size, aligned=True)
+                          for img, box in zip(images, boxes)])
     rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
     return roi_align(images.float() / 255, rois, size, aligned=True)
 
@@ -114,8 +121,9 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 class BatchAugment:
-    """``pretrain_transform(kind, size, min_scale)`` for a batch: uint8 (N, 3, H, W) -> normalised float views
-    (N, 3, size, size), on the device of the input. Randomness comes from torch's generator of that device.
+    """``pretrain_transform(kind, size, min_scale)`` for a batch: uint8 (N, 3, H, W), or a list of N uint8
+    (3, H_i, W_i) of different sizes -> normalised float views (N, 3, size, size), on the device of the input.
+    Randomness comes from torch's generator of that device.
     """
 
     def __init__(self, kind: str = "v2", size: int = 224, min_scale: float = 0.2):
@@ -124,9 +132,12 @@ class BatchAugment:
         self.kind, self.size, self.min_scale = kind, size, min_scale
         self.jitter, self.jitter_p, self.blur_sigma = JITTER[kind], JITTER_P[kind], blur_sigma(size)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        n, _, height, width = images.shape
-        dev = images.device
+    def __call__(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        n, dev = len(images), images[0].device
+        if isinstance(images, list):  # decoded files of different sizes
+            height, width = (torch.tensor([img.shape[d] for img in images], device=dev) for d in (1, 2))
+        else:
+            height, width = images.shape[2:]
         x = resized_crops(images, crop_boxes(n, height, width, self.min_scale, dev), self.size)
         if self.kind == "v1":
             x = self.random_grayscale(x)

@@ -133,8 +133,6 @@ class DeviceEvalBatches:
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, indices: Sequence[int], batch_size: int):
         self.images, self.targets, self.batch_size = images, targets, batch_size
         self.indices = torch.as_tensor(list(indices), dtype=torch.long).to(images.device)
-        self.mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(-1, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=images.device).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return math.ceil(len(self.indices) / self.batch_size)
@@ -145,5 +143,11 @@ class DeviceEvalBatches:
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for index in self.indices.split(self.batch_size):
-            x = self.images[index].float().div(255)
-            yield x.sub_(self.mean).div_(self.std), self.targets[index], index
+            yield normalized(self.images[index]), self.targets[index], index
+
+
+def normalized(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) as ``ToTensor`` + ``Normalize`` make them: float, / 255, ImageNet mean and std."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(-1, 1, 1)
+    return images.float().div_(255).sub_(mean).div_(std)

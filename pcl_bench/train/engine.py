@@ -47,6 +47,7 @@ from ..data import balanced_subset, build_dataset, with_transform
 from ..data.augment import TwoCropsTransform, eval_crop, eval_transform, pretrain_transform
 from ..data.batch_augment import BatchAugment
 from ..data.corrupt import skip_unreadable
+from ..data.device_decode import DecodedBatches, FileBytes, check_files, collate_bytes
 from ..data.subsets import load_or_draw_subset
 from ..data.tensor_cache import DeviceBatches, DeviceEvalBatches, cached_images, check_equal_size, check_fits
 from ..eval.features import extract_features
@@ -199,14 +200,20 @@ def training_set(cfg: PretrainConfig, base: Dataset, size: int, num_views: int) 
 
 
 def make_loaders(cfg: PretrainConfig, base: Dataset, train_set: Dataset, size: int, device: torch.device):
-    """The training batches, the E-step's batches (through :func:`on_device` with ``--data-on-device``) and the
-    training sampler, whose ``set_epoch`` reshuffles."""
+    """The training batches, the E-step's batches (decoded on the device with ``--decode device``, through
+    :func:`on_device` with ``--data-on-device``) and the training sampler, whose ``set_epoch`` reshuffles."""
     local_b = cfg.batch_size // D.world_size()
     sampler = DistributedSampler(train_set, D.world_size(), D.rank(), shuffle=True, seed=cfg.seed, drop_last=True)
     shard = D.ShardSampler(len(base), D.rank(), D.world_size())
+    common = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda", "worker_init_fn": _worker_init}
+    if cfg.decode == "device":
+        files = FileBytes(base)
+        train_loader = DataLoader(files, local_b, sampler=sampler, drop_last=True, collate_fn=collate_bytes, **common)
+        cluster_loader = DataLoader(files, local_b * 5, sampler=shard, collate_fn=collate_bytes, **common)
+        return (DecodedBatches(train_loader, base, device), DecodedBatches(cluster_loader, base, device, size),
+                sampler)
     if cfg.aug_backend == "tensor" and cfg.data_on_device:
         return *on_device(cfg, base, size, device, sampler, shard, local_b), sampler
-    common = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda", "worker_init_fn": _worker_init}
     train_loader = DataLoader(train_set, local_b, sampler=sampler, drop_last=True, **common)
     cluster_loader = DataLoader(with_transform(base, eval_transform(size)), local_b * 5, sampler=shard, **common)
     return train_loader, cluster_loader, sampler
@@ -339,7 +346,7 @@ def train_one_epoch(model, loader: DataLoader, optimizer, clusters: ClusterResul
     for step in bar:  # the bar closes (and clears its line) also when a step raises
         views, _, index = next(batches)
         if augment is not None:  # view by view: one call for all views ran 5 % faster but cost moco_v2 1.5 kNN
-            images = views.to(device, non_blocking=True)
+            images = views.to(device, non_blocking=True) if torch.is_tensor(views) else views  # decoded there
             views = [augment(images) for _ in range(num_views)]
         views = [v.to(device, non_blocking=True, memory_format=fmt) for v in (views if isinstance(views, list) else [views])]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -453,8 +460,6 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     base, skipped = load_split(cfg, cfg.train_split)
     if cfg.final_knn:  # checked now, not after days of training
         load_split(cfg, cfg.test_split)
-    if cfg.aug_backend == "tensor":
-        check_equal_size(base, cfg.dataset)
     try:
         validate(cfg, len(base), D.world_size(), num_classes=len(base.classes))
     except UsageError as problem:
@@ -467,6 +472,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if cfg.smoke:
         return smoke(cfg, len(base), len(base.classes), device)
     return train(cfg, base, skipped, device)
+
+
+def check_images(cfg: PretrainConfig, base: Dataset) -> None:
+    """``--decode device`` needs image files; ``--aug-backend tensor`` otherwise needs images of one size."""
+    if cfg.decode == "device":
+        check_files(base, cfg.dataset)
+    elif cfg.aug_backend == "tensor":
+        check_equal_size(base, cfg.dataset)
 
 
 def smoke(cfg: PretrainConfig, num_samples: int, num_classes: int, device: torch.device) -> dict[str, Any]:
@@ -494,6 +507,7 @@ def train(cfg: PretrainConfig, base: Dataset, skipped: list[str], device: torch.
     """Train ``cfg.method`` on ``base`` (its training split, checked by :func:`validate`); ``skipped``: the
     unreadable images left out of it. ``stop_after``: end after that many epochs, without the final kNN
     check (a run to be resumed)."""
+    check_images(cfg, base)
     if D.is_main():
         prepare_run_dir(cfg)
         if skipped:
