@@ -57,6 +57,7 @@ def result_counts(store: Path) -> Counter:
     return Counter((row_key(r["checkpoint_sha256"], r), r["setting"], r["metric"], r["class"]) for r in rows)
 
 
+@pytest.mark.slow  # about a minute: three grid processes and two evaluation jobs, each a new Python process
 def test_killed_grid_resumes_with_the_remaining_jobs_and_writes_each_row_once(tiny, tmp_path):
     store = tmp_path / "results.jsonl"
     # 1 checkpoint x 2 seeds of AMI = 2 jobs; kill the grid after the first

@@ -75,7 +75,7 @@ def test_eval_all_on_imagefolder_trees(layout, request, tmp_path, capsys):
 
 
 @needs_voc
-@pytest.mark.parametrize("variant", ["pcl", "goyal"])
+@pytest.mark.parametrize("variant", ["pcl", pytest.param("goyal", marks=pytest.mark.slow)])  # goyal: 40 s of CV
 def test_voc07_lowshot_on_real_voc(variant, tmp_path, capsys):
     """Both low-shot variants on real VOC2007 train -> val: per-class AP printed and stored, k limited by the
     rarest class."""

@@ -222,8 +222,6 @@ def make_loaders(cfg: PretrainConfig, base: Dataset, train_set: Dataset, size: i
 def on_device(cfg: PretrainConfig, base: Dataset, size: int, device: torch.device, sampler, shard, local_b: int):
     """Training and E-step batches of the uint8 images held on ``device`` (:mod:`pcl_bench.data.tensor_cache`);
     the one-time decode uses the loader processes, or this process's share of the cores if training uses none."""
-    width, height = base[0][0].size
-    check_fits(len(base), [(3, height, width), (3, size, size)], device)
     workers = cfg.workers or cores_per_process(D.world_size())
     targets = torch.as_tensor(np.asarray(base.targets)).to(device)
     images = cached_images(base, None, workers).to(device)
@@ -474,12 +472,16 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     return train(cfg, base, skipped, device)
 
 
-def check_images(cfg: PretrainConfig, base: Dataset) -> None:
-    """``--decode device`` needs image files; ``--aug-backend tensor`` otherwise needs images of one size."""
+def check_images(cfg: PretrainConfig, base: Dataset, device: torch.device) -> None:
+    """``--decode device`` needs image files; ``--aug-backend tensor`` otherwise needs images of one size and,
+    with ``--data-on-device``, room for them and their centre crops on ``device``."""
     if cfg.decode == "device":
         check_files(base, cfg.dataset)
     elif cfg.aug_backend == "tensor":
         check_equal_size(base, cfg.dataset)
+        if cfg.data_on_device:
+            (width, height), size = base[0][0].size, image_size(cfg, base)
+            check_fits(len(base), [(3, height, width), (3, size, size)], device)
 
 
 def smoke(cfg: PretrainConfig, num_samples: int, num_classes: int, device: torch.device) -> dict[str, Any]:
@@ -507,7 +509,7 @@ def train(cfg: PretrainConfig, base: Dataset, skipped: list[str], device: torch.
     """Train ``cfg.method`` on ``base`` (its training split, checked by :func:`validate`); ``skipped``: the
     unreadable images left out of it. ``stop_after``: end after that many epochs, without the final kNN
     check (a run to be resumed)."""
-    check_images(cfg, base)
+    check_images(cfg, base, device)  # before the run folder is touched
     if D.is_main():
         prepare_run_dir(cfg)
         if skipped:
