@@ -118,8 +118,8 @@ class PretrainConfig:
                                "float32 features, as the reference)")
     channels_last: bool = _f(True, "train in the channels-last (NHWC) memory format, which oneDNN and cuDNN "
                                    "convolutions prefer; --no-channels-last keeps PyTorch's default NCHW")
-    data_on_device: bool = _f(True, "with --aug-backend tensor and --decode pil: hold the training images (uint8, decoded once "
-                                    "and cached on disk) and the E-step's centre crops on the training device; "
+    data_on_device: bool = _f(True, "with --aug-backend tensor and --decode pil: hold the training images (uint8, "
+                                    "decoded once and cached on disk) and the E-step's centre crops on the training device; "
                                     "--no-data-on-device reads them through the loader each epoch (equal results)")
     fused_updates: bool = _f(True, "momentum encoder update as one torch._foreach_lerp_ over all parameters "
                                    "(--no-fused-updates: one lerp_ per parameter tensor; equal results)")
@@ -191,8 +191,8 @@ def resolve(overrides: dict[str, Any]) -> PretrainConfig:
 
 def set_world(cfg: PretrainConfig, world_size: int) -> None:
     """Fill in what depends on the machine, the number of processes and the dataset: ``bn_splits`` 0 means 8
-    alone and off under torchrun; ``workers`` None means none with ``aug_backend='tensor'`` and ``decode='pil'`` (the loader then
-    only wraps in-memory arrays, and starting worker processes every epoch costs more: 1-2 s of an 18 s
+    alone and off under torchrun; ``workers`` None means none with ``aug_backend='tensor'`` and ``decode='pil'``
+    (the loader then only wraps in-memory arrays, and starting worker processes every epoch costs more: 1-2 s of an 18 s
     shapes epoch on 2 cores), else the node's CPU cores per training process, between 1 and 8;
     ``test_split`` None means the dataset's own test split."""
     if cfg.test_split is None:

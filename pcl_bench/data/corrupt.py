@@ -20,7 +20,7 @@ from ..runtime.atomic import write_json
 from ..runtime.errors import CorruptImage
 from ..runtime.paths import cache_dir
 from .fingerprint import files_fingerprint
-from .subsets import InstanceSubset
+from .subsets import InstanceSubset, reads_image_files
 
 # Decoding errors PIL raises for bad files (UnidentifiedImageError and truncation are OSErrors).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -70,10 +70,7 @@ def skip_unreadable(ds: Dataset, workers: int = 2) -> tuple[Dataset, list[str]]:
 
     Datasets without image files (arrays in memory: shapes, CIFAR, STL-10) are returned as they are.
     """
-    base = ds
-    while isinstance(base, InstanceSubset):
-        base = base.dataset
-    if not hasattr(base, "path"):
+    if not reads_image_files(ds):
         return ds, []
     paths = [os.fspath(ds.path(i)) for i in range(len(ds))]
     bad = find_unreadable(paths, workers)

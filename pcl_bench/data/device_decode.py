@@ -11,7 +11,7 @@ On a CPU the decoded pixels equal PIL's; nvJPEG's may differ from them by a few 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from ..runtime.errors import CorruptImage, UsageError
 from .corrupt import DECODE_ERRORS
+from .subsets import reads_image_files
 from .tensor_cache import normalized
 
 DECODERS = ("pil", "device")
@@ -29,11 +30,9 @@ DECODERS = ("pil", "device")
 
 def check_files(ds: Dataset, name: str) -> None:
     """Raise UsageError unless ``ds`` (dataset ``name``) reads its images from files, one per image."""
-    try:
-        ds.path(0)
-    except AttributeError:
+    if not reads_image_files(ds):
         raise UsageError(f"--decode device reads image files, and {name} keeps its images in arrays; hold them on "
-                         f"the device instead (--decode pil --aug-backend tensor --data-on-device)") from None
+                         f"the device instead (--decode pil --aug-backend tensor --data-on-device)")
 
 
 class FileBytes(Dataset):
@@ -68,8 +67,10 @@ def _is_jpeg(data: torch.Tensor) -> bool:
     return data.numel() > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8
 
 
-def decode_images(data: Sequence[torch.Tensor], paths: Sequence, device: torch.device) -> list[torch.Tensor]:
-    """RGB uint8 images (3, H_i, W_i) on ``device`` of the encoded files ``data`` (``paths`` name them in errors).
+def decode_images(data: Sequence[torch.Tensor], path_of: Callable[[int], object],
+                  device: torch.device) -> list[torch.Tensor]:
+    """RGB uint8 images (3, H_i, W_i) on ``device`` of the encoded files ``data``; ``path_of(j)`` names file j
+    in an error.
 
     The JPEGs are decoded in one batched call; if the decoder refuses one of them, each is tried alone.
     """
@@ -81,20 +82,24 @@ def decode_images(data: Sequence[torch.Tensor], paths: Sequence, device: torch.d
                 out[i] = img
         except RuntimeError:
             pass  # decoded one by one below, to find the one refused
-    return [img if img is not None else _decode_one(d, p, device) for img, d, p in zip(out, data, paths)]
+    for j, img in enumerate(out):
+        if img is None:
+            try:
+                out[j] = _decode_one(data[j], device)
+            except DECODE_ERRORS as e:
+                raise CorruptImage.at(path_of(j), f"{type(e).__name__}: {e}") from None
+    return out
 
 
-def _decode_one(data: torch.Tensor, path, device: torch.device) -> torch.Tensor:
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One file: the device decoder for a JPEG it accepts, else PIL (which raises one of ``DECODE_ERRORS``)."""
     if _is_jpeg(data):
         try:
             return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         except RuntimeError:
             pass  # e.g. a CMYK JPEG on some decoders: PIL converts it
-    try:
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
-            return TF.pil_to_tensor(img.convert("RGB")).to(device)
-    except DECODE_ERRORS as e:
-        raise CorruptImage.at(path, f"{type(e).__name__}: {e}") from None
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+        return TF.pil_to_tensor(img.convert("RGB")).to(device)
 
 
 def centre_crops(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
@@ -118,5 +123,5 @@ class DecodedBatches:
 
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor] | torch.Tensor, torch.Tensor, torch.Tensor]]:
         for data, targets, index in self.loader:
-            images = decode_images(data, [self.ds.path(i) for i in index.tolist()], self.device)
+            images = decode_images(data, lambda j, index=index: self.ds.path(int(index[j])), self.device)
             yield (images if self.crop is None else centre_crops(images, self.crop)), targets, index

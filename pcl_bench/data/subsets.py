@@ -29,6 +29,14 @@ from ..runtime.errors import UsageError
 SUBSET_KEYS = ("fraction", "seed", "balanced", "dataset_size")
 
 
+def reads_image_files(ds: Dataset) -> bool:
+    """True if the items of ``ds`` (through any subsets) are read from image files, one each, named by
+    ``ds.path(i)``; False for arrays in memory (shapes, CIFAR, STL-10)."""
+    while isinstance(ds, InstanceSubset):
+        ds = ds.dataset
+    return hasattr(ds, "path")
+
+
 class InstanceSubset(Dataset):
     """``dataset`` restricted to ``indices``; item ``j`` is ``(x, target, j)`` with its own index ``j``.
 

@@ -6,8 +6,8 @@ uint8 images (N, 3, H, W) are decoded once through the dataset's own reader into
 ``$PCL_BENCH_CACHE/tensors/<hash>.npy`` (keyed by the data's fingerprint and the transform) and read from there
 on later runs: CIFAR-10's 50,000 training images take 150 MB, `shapes` 61 MB. Any dataset qualifies whose
 images share one size (CIFAR, STL-10, `shapes`, an ImageFolder such as CIFAR-10 or Tiny-ImageNet stored as
-files; :func:`check_equal_size`) and fit in half the device's memory (:func:`check_fits`). The E-step's images are cached
-the same way after its PIL resize and centre crop; the conversion to float and the normalisation then run on
+files; :func:`check_equal_size`) and fit in half the device's memory (:func:`check_fits`). The E-step's images
+are cached the same way after its PIL resize and centre crop; the conversion to float and the normalisation then run on
 the device with the same float operations as ``ToTensor`` and ``Normalize``.
 
 Both iterables below draw from torch's global generator what a ``DataLoader`` draws as its iterator starts
@@ -37,6 +37,7 @@ from .augment import IMAGENET_MEAN, IMAGENET_STD
 from .batch_augment import FIXED_SIZE_DATASETS
 from .corrupt import DECODE_ERRORS
 from .fingerprint import fingerprint
+from .subsets import reads_image_files
 
 
 def cached_images(ds: Dataset, transform=None, workers: int = 0) -> torch.Tensor:
@@ -63,25 +64,26 @@ def cached_images(ds: Dataset, transform=None, workers: int = 0) -> torch.Tensor
 
 def check_equal_size(ds: Dataset, name: str) -> None:
     """Raise UsageError unless every image of ``ds`` (dataset ``name``) has one size, read from the file headers
-    (about 20 s per 100,000 files; ``FIXED_SIZE_DATASETS`` are known to pass). Batched augmentation and
-    the image cache stack the images, so they must all be alike; an unreadable header is left to decoding."""
+    (``FIXED_SIZE_DATASETS`` are known to pass). Batched augmentation and the image cache stack the images, so
+    they must all be alike; an unreadable header is left to decoding."""
     if name in FIXED_SIZE_DATASETS:
         return
-    if not hasattr(ds, "path"):
+    if not reads_image_files(ds):
         raise UsageError(f"--aug-backend tensor needs images of one size, which {name} does not promise; use "
                          f"--aug-backend pil")
     first = None
     for i in tqdm(range(len(ds)), desc="checking image sizes", leave=False, mininterval=2, delay=2):
+        path = ds.path(i)
         try:
-            with Image.open(ds.path(i)) as img:  # reads the header only
+            with Image.open(path) as img:  # reads the header only
                 size = img.size
         except DECODE_ERRORS:
             continue
         if first is None:
-            first = (size, ds.path(i))
+            first = (size, path)
         elif size != first[0]:
             raise UsageError(f"--aug-backend tensor needs images of one size, but {first[1]} is "
-                             f"{first[0][0]}x{first[0][1]} and {ds.path(i)} is {size[0]}x{size[1]}; use "
+                             f"{first[0][0]}x{first[0][1]} and {path} is {size[0]}x{size[1]}; use "
                              f"--aug-backend pil for {name}, or resize the images to one size")
 
 
